@@ -1,0 +1,79 @@
+"""``rustci-agent``: load the config, run the daemon until SIGTERM/SIGINT.
+
+The first SIGTERM (or Ctrl-C) is a graceful stop: no new jobs, running jobs get ``shutdown_timeout`` to
+finish, then exit 0. A second one cancels the running jobs at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+import structlog
+
+from agent import config as config_module
+from agent.daemon import Agent
+from agent.registration import RegistrationRefused
+from shared import logs
+from shared.config import ConfigError
+from shared.errors import ApiError
+
+
+async def serve(agent: Agent) -> int:
+    log = structlog.get_logger("agent")
+    loop = asyncio.get_running_loop()
+    stop_requested = asyncio.Event()
+    signals_seen = 0
+
+    def on_signal(signum: int) -> None:
+        nonlocal signals_seen
+        signals_seen += 1
+        if signals_seen == 1:
+            log.info("stopping gracefully", signal=signal.Signals(signum).name)
+            stop_requested.set()
+        else:
+            log.warning("second signal: cancelling running jobs now", signal=signal.Signals(signum).name)
+            agent.supervisor.accepting = False
+            loop.create_task(agent.supervisor.cancel_running("agent stopped by signal"))
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        start = asyncio.create_task(agent.start())
+        stop_wait = asyncio.create_task(stop_requested.wait())
+        await asyncio.wait([start, stop_wait], return_when=asyncio.FIRST_COMPLETED)
+        if not start.done():
+            start.cancel()
+            stop_wait.cancel()
+            await asyncio.gather(start, return_exceptions=True)
+            await agent.store.close()
+            return 0
+        start.result()
+        await stop_wait
+        await agent.stop()
+        log.info("agent stopped")
+        return 0
+    except (RegistrationRefused, ApiError) as e:
+        log.error("registration failed", error=str(e))
+        return 3
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="rustci-agent", description="RustCI Runner agent")
+    parser.add_argument("-c", "--config", type=Path, default=os.environ.get("RUSTCI_CONFIG"), help="YAML config file")
+    args = parser.parse_args(argv)
+    try:
+        config = config_module.load(args.config)
+    except ConfigError as e:
+        print(f"rustci-agent: {e}", file=sys.stderr)
+        return 2
+    logs.configure(config.log.level, config.log.format)  # type: ignore[arg-type]
+    return asyncio.run(serve(Agent(config)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""The agent's settings, read once from YAML (see ``configs/agent.yaml``) and the environment."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from shared.config import Settings, load_settings
+from shared.models import Label
+
+ENV_OVERRIDES = {
+    "RUSTCI_COORDINATOR_URL": "coordinator.url",
+    "RUSTCI_REGISTRATION_KEY": "coordinator.registration_key",
+    "RUSTCI_RUNNER_NAME": "runner.name",
+    "RUSTCI_AGENT_HOST": "listen.host",
+    "RUSTCI_AGENT_PORT": "listen.port",
+    "RUSTCI_ADVERTISE_HOST": "listen.advertise_host",
+    "RUSTCI_STATE_DIR": "state_dir",
+    "RUSTCI_MAX_CONCURRENT_JOBS": "max_concurrent_jobs",
+    "RUSTCI_HEARTBEAT_INTERVAL": "heartbeat_interval",
+    "RUSTCI_LOG_LEVEL": "log.level",
+    "RUSTCI_LOG_FORMAT": "log.format",
+}
+
+
+class CoordinatorLink(Settings):
+    url: str = Field(default="http://127.0.0.1:8080", pattern=r"^https?://[^/\s]+/?$")
+    """Base URL of the coordinator (without ``/api``)."""
+    registration_key: str | None = Field(default=None, min_length=16)
+    """Key presented to register the first time (the coordinator prints it; the admin API key also works)."""
+    request_timeout: float = Field(default=10.0, gt=0, le=300)
+    """Bound on each call to the coordinator."""
+
+
+class RunnerSettings(Settings):
+    name: str = Field(default_factory=socket.gethostname, min_length=1, max_length=128)
+    """Runner name shown in the registry; defaults to the host name."""
+    type: Literal["native", "docker", "kubernetes", "local"] = "native"
+    """Executor this runner uses."""
+    capabilities: list[Label] = Field(default_factory=list)
+    tags: list[Label] = Field(default_factory=list)
+    metadata: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    """Extra metadata; the agent adds os, arch, hostname and versions itself."""
+
+
+class Listen(Settings):
+    host: str = "127.0.0.1"
+    """Interface the agent's API binds to."""
+    port: int = Field(default=8081, ge=0, le=65535)
+    advertise_host: str | None = None
+    """Host the coordinator should call back on; default ``host`` (or this machine's name when ``host`` is 0.0.0.0)."""
+
+
+class Log(Settings):
+    level: str = Field(default="info", pattern=r"^(?i:debug|info|warning|warn|error)$")
+    format: str = Field(default="auto", pattern=r"^(json|console|auto)$")
+
+
+class AgentConfig(Settings):
+    coordinator: CoordinatorLink = Field(default_factory=CoordinatorLink)
+    runner: RunnerSettings = Field(default_factory=RunnerSettings)
+    listen: Listen = Field(default_factory=Listen)
+    state_dir: Path = Path(".rustci/agent")
+    """Identity, job queue and unshipped events live here; keep it across restarts."""
+    workspace_root: Path | None = None
+    """Where per-job workspaces are made; default ``<state_dir>/workspaces``."""
+    heartbeat_interval: float = Field(default=10.0, gt=0, le=3600)
+    """Seconds between heartbeats; the coordinator marks the runner inactive after three missed."""
+    max_concurrent_jobs: int = Field(default=4, ge=1, le=1000)
+    job_timeout: int = Field(default=3600, gt=0, le=7 * 24 * 3600)
+    """Default bound on a job's run time, in seconds, when the job does not set ``timeout``."""
+    kill_grace_period: float = Field(default=10.0, ge=0, le=3600)
+    """Seconds between SIGTERM and SIGKILL when a step is ended (timeout, cancel, shutdown)."""
+    cleanup_policy: Literal["always", "on_success", "never"] = "always"
+    """When to remove a job's workspace."""
+    shutdown_timeout: float = Field(default=30.0, ge=0, le=24 * 3600)
+    """On SIGTERM, how long running jobs may finish before they are cancelled."""
+    environment: dict[str, str] = Field(default_factory=dict)
+    """Variables every job sees (a job's own ``environment`` wins)."""
+    log: Log = Field(default_factory=Log)
+
+    @property
+    def workspaces(self) -> Path:
+        return self.workspace_root or self.state_dir / "workspaces"
+
+    @property
+    def advertised_host(self) -> str:
+        if self.listen.advertise_host:
+            return self.listen.advertise_host
+        if self.listen.host in ("0.0.0.0", "::", ""):
+            return socket.gethostname()
+        return self.listen.host
+
+
+def load(path: Path | None) -> AgentConfig:
+    return load_settings(AgentConfig, path, ENV_OVERRIDES)

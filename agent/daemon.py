@@ -1,0 +1,162 @@
+"""The agent daemon: composes the store, the API, registration, heartbeats, the outbox and the job queue.
+
+Start order: open the store, serve the API (the coordinator pushes jobs right after registration), register,
+then start the background tasks and resume jobs left from a previous run. Stop order: stop taking jobs,
+drain running ones within the timeout, flush the outbox one last time, stop the tasks, close the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import structlog
+from aiohttp import web
+
+from agent import identity as identity_store
+from agent import sysinfo
+from agent.api import make_api
+from agent.config import AgentConfig
+from agent.coordinator_client import CoordinatorClient, CoordinatorUnreachable
+from agent.executors.base import Executor
+from agent.executors.native import NativeExecutor
+from agent.identity import Identity
+from agent.registration import ensure_registered
+from agent.runner import JobRunner
+from agent.shipping import Outbox, Shipper
+from agent.store import AgentStore
+from agent.supervisor import Supervisor
+from shared.errors import ApiError, AuthenticationRequired, RunnerNotFound
+from shared.models import Heartbeat
+from shared.tasks import TaskSet
+
+log = structlog.get_logger(__name__)
+
+
+def make_executor(config: AgentConfig) -> Executor:
+    if config.runner.type in ("native", "local"):
+        return NativeExecutor(kill_grace_period=config.kill_grace_period)
+    raise ValueError(f"executor '{config.runner.type}' is not available in this build")
+
+
+class Agent:
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.store = AgentStore(config.state_dir / "agent.db")
+        self.client = CoordinatorClient(config.coordinator.url, config.coordinator.request_timeout)
+        self._identity: Identity | None = None
+        self.outbox = Outbox(self.store, self.identity)
+        self.executor = make_executor(config)
+        self.supervisor = Supervisor(
+            self.store, self.outbox, JobRunner(config, self.executor, self.outbox), config.max_concurrent_jobs
+        )
+        self.shipper = Shipper(self.store, self.outbox, self.client, self.identity, self._forgotten)
+        self.state = "starting"
+        self.heartbeat_failures = 0
+        self._tasks = TaskSet("agent")
+        self._site_runner: web.AppRunner | None = None
+        self._reregister = asyncio.Event()
+        self.port = config.listen.port
+        self.stopped = asyncio.Event()
+
+    # --- identity ------------------------------------------------------------------------------------------
+
+    def identity(self) -> Identity:
+        if self._identity is None:
+            raise RuntimeError("the agent has not registered yet")
+        return self._identity
+
+    @property
+    def identity_or_none(self) -> Identity | None:
+        return self._identity
+
+    def _forgotten(self) -> None:
+        self._reregister.set()
+
+    # --- lifecycle -----------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.config.state_dir.mkdir(parents=True, exist_ok=True)
+        await self.store.open()
+        await self.client.start()
+        self._site_runner = web.AppRunner(make_api(self), access_log=None, handle_signals=False)
+        await self._site_runner.setup()
+        site = web.TCPSite(self._site_runner, self.config.listen.host, self.config.listen.port)
+        await site.start()
+        server = getattr(site, "_server", None)
+        if server is not None and server.sockets:
+            self.port = server.sockets[0].getsockname()[1]
+        log.info("agent API listening", host=self.config.listen.host, port=self.port)
+        self._identity = await ensure_registered(self.config, self.client, self.port)
+        structlog.contextvars.bind_contextvars(runner_id=self._identity.runner_id)
+        await self.supervisor.resume()
+        self.state = "running"
+        self._tasks.spawn(self.outbox.run_writer(), "log-writer")
+        self._tasks.spawn(self.shipper.run(), "shipper")
+        self._tasks.spawn(self.supervisor.run(), "supervisor")
+        self._tasks.spawn(self._heartbeats(), "heartbeat")
+        self._tasks.spawn(self._watch_identity(), "identity")
+        self.outbox.pending.set()  # resend whatever a previous run left unacknowledged
+
+    async def stop(self, timeout: float | None = None) -> None:
+        """Graceful: running jobs get ``timeout`` seconds (default ``shutdown_timeout``), then are cancelled."""
+        self.state = "stopped"
+        await self.supervisor.drain(self.config.shutdown_timeout if timeout is None else timeout)
+        await self.outbox.flush()
+        await self._ship_remaining(deadline=2.0)
+        await self._tasks.close()
+        await self.supervisor.close()
+        if self._site_runner is not None:
+            await self._site_runner.cleanup()
+        await self.client.close()
+        await self.store.close()
+        self.stopped.set()
+
+    async def _ship_remaining(self, deadline: float) -> None:
+        """Give the shipper a moment to deliver the final reports; anything left is resent on the next start."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(deadline):
+                while self._identity is not None and await self.store.pending_events(self._identity.runner_id, 1):
+                    self.outbox.pending.set()
+                    await asyncio.sleep(0.02)
+
+    # --- background work -----------------------------------------------------------------------------------
+
+    async def _heartbeats(self) -> None:
+        while True:
+            await self.send_heartbeat()
+            await asyncio.sleep(self.config.heartbeat_interval)
+
+    async def send_heartbeat(self) -> None:
+        identity = self.identity()
+        beat = Heartbeat(
+            load=sysinfo.load(self.config.state_dir, self.supervisor.active_jobs, self.supervisor.queued_jobs),
+            state="running" if self.state == "running" else "stopped",  # type: ignore[arg-type]
+            heartbeat_interval=self.config.heartbeat_interval,
+        )
+        try:
+            await self.client.call(
+                "POST", f"/runners/{identity.runner_id}/heartbeat", identity.token, beat.model_dump()
+            )
+            if self.heartbeat_failures:
+                log.info("heartbeats resumed", missed=self.heartbeat_failures)
+            self.heartbeat_failures = 0
+        except (RunnerNotFound, AuthenticationRequired):
+            self._forgotten()
+        except (CoordinatorUnreachable, ApiError) as e:
+            self.heartbeat_failures += 1
+            log.warning("heartbeat failed", error=str(e), consecutive=self.heartbeat_failures)
+
+    async def _watch_identity(self) -> None:
+        """When the coordinator forgets this runner (deleted), drop its work and register anew."""
+        while True:
+            await self._reregister.wait()
+            old = self.identity()
+            await self.supervisor.cancel_running("runner was deleted on the coordinator")
+            dropped = await self.store.forget_runner(old.runner_id)
+            identity_store.path_in(self.config.state_dir).unlink(missing_ok=True)
+            self._identity = await ensure_registered(self.config, self.client, self.port)
+            structlog.contextvars.bind_contextvars(runner_id=self._identity.runner_id)
+            log.warning("registered as a new runner", old_runner_id=old.runner_id, dropped_jobs=dropped)
+            self._reregister.clear()
+            await self.send_heartbeat()

@@ -1,0 +1,115 @@
+"""Native executor: each step is ``/bin/sh -c`` in the job's workspace on this host.
+
+Every step runs in its own session (``setsid``), so its process group holds every process it starts,
+background children and ``nohup`` ones included; ending the step signals the whole group. When the step's
+shell exits, whatever it left running in the background is killed too: a finished step leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+from pathlib import Path
+
+import structlog
+
+from agent.executors.base import ExecutorError, JobContext, OutputSink, StepContext, Stream
+from agent.executors.lines import LineSplitter
+
+log = structlog.get_logger(__name__)
+
+READ_CHUNK = 64 * 1024
+# After the step's shell exits, how long its pipes may stay open (held by a process that left the group).
+PIPE_DRAIN_TIMEOUT = 2.0
+
+
+class NativeExecutor:
+    name = "native"
+
+    def __init__(self, kill_grace_period: float = 10.0, max_line: int = 64 * 1024) -> None:
+        self.kill_grace_period = kill_grace_period
+        self.max_line = max_line
+
+    async def setup(self, job: JobContext) -> None:
+        try:
+            await asyncio.to_thread(_fresh_dir, job.workspace)
+        except OSError as e:
+            raise ExecutorError(f"cannot create workspace {job.workspace}: {e.strerror or e}") from e
+
+    async def run_step(self, job: JobContext, step: StepContext, output: OutputSink) -> int:
+        cwd = job.workspace / step.spec.working_directory if step.spec.working_directory else job.workspace
+        try:
+            cwd.mkdir(parents=True, exist_ok=True)
+            process = await asyncio.create_subprocess_exec(
+                "/bin/sh",
+                "-c",
+                step.spec.run,
+                cwd=cwd,
+                env=step.environment,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                start_new_session=True,
+            )
+        except OSError as e:
+            raise ExecutorError(f"cannot start step '{step.spec.name}': {e.strerror or e}") from e
+        assert process.stdout is not None and process.stderr is not None
+        readers = [
+            asyncio.create_task(self._pump(process.stdout, "stdout", output), name="native:stdout"),
+            asyncio.create_task(self._pump(process.stderr, "stderr", output), name="native:stderr"),
+        ]
+        try:
+            code = await process.wait()
+        except asyncio.CancelledError:
+            await asyncio.shield(self._terminate(process))
+            await _finish_readers(readers)
+            raise
+        _kill_group(process.pid, signal.SIGKILL)  # background leftovers of a finished step
+        await _finish_readers(readers)
+        return code if code >= 0 else 128 - code
+
+    async def _pump(self, stream: asyncio.StreamReader, name: Stream, output: OutputSink) -> None:
+        splitter = LineSplitter(self.max_line)
+        while chunk := await stream.read(READ_CHUNK):
+            for line in splitter.feed(chunk):
+                output(name, line)
+        for line in splitter.flush():
+            output(name, line)
+
+    async def _terminate(self, process: asyncio.subprocess.Process) -> None:
+        """SIGTERM to the step's whole process group, SIGKILL after the grace period."""
+        _kill_group(process.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), self.kill_grace_period)
+        except TimeoutError:
+            pass
+        _kill_group(process.pid, signal.SIGKILL)
+        await process.wait()
+
+    async def cleanup(self, job: JobContext) -> None:
+        await asyncio.to_thread(shutil.rmtree, job.workspace, True)
+
+
+def _fresh_dir(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True, mode=0o700)
+
+
+def _kill_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+async def _finish_readers(readers: list[asyncio.Task[None]]) -> None:
+    done, pending = await asyncio.wait(readers, timeout=PIPE_DRAIN_TIMEOUT)
+    for task in pending:
+        log.warning("step output still open after the step ended; a process escaped its group", task=task.get_name())
+        task.cancel()
+    for task in pending:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    for task in done:
+        task.result()

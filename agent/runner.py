@@ -1,0 +1,221 @@
+"""One job through an executor: attempts, steps in order, timeouts, cancellation, the final report.
+
+The job's outcome is reported exactly once, shielded from cancellation, after the executor's cleanup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from agent.config import AgentConfig
+from agent.executors.base import Executor, ExecutorError, JobContext, StepContext, Stream
+from agent.shipping import Outbox
+from agent.store import StoredJob
+from shared.timeutil import isoformat, utcnow
+
+log = structlog.get_logger(__name__)
+
+# Variables a step inherits from the agent's own environment; anything else (credentials the agent itself
+# was started with, for instance) stays out of jobs.
+INHERITED = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "SHELL", "TERM")
+
+
+@dataclass
+class Outcome:
+    status: str  # completed | failed | timed_out | cancelled
+    exit_code: int | None = None
+    reason: str | None = None
+
+
+class JobCancelled(Exception):
+    """Raised into a job to cancel it (by a user, a stop of the runner or a shutdown)."""
+
+
+def _now() -> str:
+    return isoformat(utcnow())
+
+
+class JobRunner:
+    def __init__(self, config: AgentConfig, executor: Executor, outbox: Outbox) -> None:
+        self.config = config
+        self.executor = executor
+        self.outbox = outbox
+
+    async def run(self, job: StoredJob, cancel_reason: dict[str, str]) -> Outcome:
+        """Run every attempt the job has left. ``cancel_reason[job_id]`` is set before the task is cancelled."""
+        spec = job.assignment.spec
+        bound = structlog.get_logger(__name__).bind(runner_id=job.assignment.runner_id, job_id=job.job_id)
+        last_attempt = spec.retry_count + 1
+        attempt = max(job.attempt, 0)
+        outcome = Outcome("failed", reason="no attempt ran")
+        while attempt < last_attempt:
+            attempt += 1
+            outcome = await self._attempt(job, attempt, cancel_reason, bound)
+            final = outcome.status in ("completed", "cancelled") or attempt >= last_attempt
+            await self._report(job, attempt, outcome, final)
+            if final:
+                break
+            bound.info("job attempt failed; retrying", attempt=attempt, status=outcome.status)
+        return outcome
+
+    async def _attempt(self, job: StoredJob, attempt: int, cancel_reason: dict[str, str], bound: Any) -> Outcome:
+        spec = job.assignment.spec
+        context = JobContext(
+            job_id=job.job_id,
+            runner_id=job.assignment.runner_id,
+            name=spec.name,
+            attempt=attempt,
+            workspace=self.config.workspaces / job.job_id / str(attempt),
+            environment=self._job_environment(job, attempt),
+        )
+        await self.outbox.transition(
+            job.job_id,
+            "running",
+            attempt,
+            {"kind": "job", "job_id": job.job_id, "attempt": attempt, "status": "running", "at": _now()},
+            self._system(job.job_id, attempt, "info", f"Job started: {job.job_id} (attempt {attempt})"),
+        )
+        timeout = spec.timeout or self.config.job_timeout
+        outcome: Outcome
+        try:
+            async with asyncio.timeout(timeout):
+                await self.executor.setup(context)
+                outcome = await self._steps(context, job, bound)
+        except TimeoutError:
+            outcome = Outcome("timed_out", reason=f"job exceeded its timeout of {timeout}s")
+        except ExecutorError as e:
+            outcome = Outcome("failed", reason=str(e))
+        except asyncio.CancelledError:
+            reason = cancel_reason.get(job.job_id)
+            if reason is None:
+                raise
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()  # a deliberate cancel is this job's outcome, not the task's end
+            outcome = Outcome("cancelled", reason=reason)
+        finally:
+            await asyncio.shield(self._cleanup(context, bound))
+        return outcome
+
+    async def _steps(self, context: JobContext, job: StoredJob, bound: Any) -> Outcome:
+        for index, step in enumerate(job.assignment.spec.steps):
+            env = {**context.environment, **step.env, "RUSTCI_STEP_NAME": step.name}
+            await self.outbox.emit(
+                self._step_event(context, index, step.name, "running"),
+                self._system(context.job_id, context.attempt, "info", f"Step started: {step.name}", step.name),
+            )
+            started = time.monotonic()
+            try:
+                async with asyncio.timeout(step.timeout):
+                    code: int | None = await self.executor.run_step(
+                        context, StepContext(index, step, env), self._sink(context, step.name)
+                    )
+                status = "completed" if code == 0 else "failed"
+            except TimeoutError:
+                status, code = "timed_out", None
+            except (asyncio.CancelledError, ExecutorError):
+                # The job ends here; record the step as such before the error travels on.
+                await asyncio.shield(self._finish_step(context, index, step.name, "cancelled", None, started))
+                raise
+            await self._finish_step(context, index, step.name, status, code, started)
+            bound.debug("step finished", step=step.name, status=status, exit_code=code)
+            if status == "completed" or step.continue_on_error:
+                continue
+            if status == "timed_out":
+                return Outcome("timed_out", reason=f"step '{step.name}' exceeded its timeout of {step.timeout}s")
+            return Outcome("failed", exit_code=code, reason=f"step '{step.name}' failed with exit code {code}")
+        return Outcome("completed", exit_code=0)
+
+    async def _finish_step(
+        self, context: JobContext, index: int, name: str, status: str, code: int | None, started: float
+    ) -> None:
+        took = time.monotonic() - started
+        level = "info" if status == "completed" else "error"
+        detail = f" with exit code {code}" if code is not None else ""
+        await self.outbox.emit(
+            {**self._step_event(context, index, name, status), "exit_code": code},
+            self._system(context.job_id, context.attempt, level, f"Step {status}: {name}{detail} in {took:.3f}s", name),
+        )
+
+    async def _report(self, job: StoredJob, attempt: int, outcome: Outcome, final: bool) -> None:
+        status = outcome.status if final else "queued"
+        level = "info" if outcome.status == "completed" else "error"
+        words = f"Job {outcome.status}: {job.job_id}"
+        if outcome.reason:
+            words += f" ({outcome.reason})"
+        event = {
+            "kind": "job",
+            "job_id": job.job_id,
+            "attempt": attempt,
+            "status": outcome.status,
+            "at": _now(),
+            "exit_code": outcome.exit_code,
+            "reason": outcome.reason,
+            "final": final,
+        }
+        await asyncio.shield(
+            self.outbox.transition(job.job_id, status, attempt, event, self._system(job.job_id, attempt, level, words))
+        )
+
+    async def _cleanup(self, context: JobContext, bound: Any) -> None:
+        try:
+            await self.executor.cleanup(context)
+        except Exception:
+            bound.exception("workspace cleanup failed")
+
+    def _job_environment(self, job: StoredJob, attempt: int) -> dict[str, str]:
+        inherited = {k: v for k, v in os.environ.items() if k in INHERITED}
+        builtin = {
+            "CI": "true",
+            "RUSTCI": "true",
+            "RUSTCI_JOB_ID": job.job_id,
+            "RUSTCI_JOB_NAME": job.assignment.spec.name,
+            "RUSTCI_JOB_ATTEMPT": str(attempt),
+            "RUSTCI_RUNNER_ID": job.assignment.runner_id,
+        }
+        return {**inherited, **self.config.environment, **job.assignment.spec.environment, **builtin}
+
+    def _sink(self, context: JobContext, step: str) -> Any:
+        line = self.outbox.line
+
+        def output(stream: Stream, text: str) -> None:
+            line(
+                {
+                    "kind": "log",
+                    "at": _now(),
+                    "level": "info" if stream == "stdout" else "warn",
+                    "message": text,
+                    "job_id": context.job_id,
+                    "step": step,
+                    "stream": stream,
+                    "attempt": context.attempt,
+                }
+            )
+
+        return output
+
+    @staticmethod
+    def _step_event(context: JobContext, index: int, name: str, status: str) -> dict[str, Any]:
+        return {
+            "kind": "step",
+            "job_id": context.job_id,
+            "attempt": context.attempt,
+            "index": index,
+            "name": name,
+            "status": status,
+            "at": _now(),
+        }
+
+    @staticmethod
+    def _system(job_id: str, attempt: int, level: str, message: str, step: str | None = None) -> dict[str, Any]:
+        entry = {"kind": "log", "at": _now(), "level": level, "message": message, "job_id": job_id}
+        entry.update({"stream": "system", "attempt": attempt})
+        if step:
+            entry["step"] = step
+        return entry

@@ -1,0 +1,125 @@
+"""The agent's job queue: FIFO, at most ``max_concurrent_jobs`` running, durable across restarts.
+
+Jobs arrive from the coordinator, are stored before they are acknowledged, and wait here as ``queued``
+until a slot is free. The limit can change live; raising it starts waiting jobs at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+
+import structlog
+
+from agent.runner import JobRunner, Outcome
+from agent.shipping import Outbox
+from agent.store import AgentStore, StoredJob
+from shared.models import JobAssignment
+from shared.tasks import TaskSet
+from shared.timeutil import isoformat, utcnow
+
+log = structlog.get_logger(__name__)
+
+
+class Supervisor:
+    def __init__(self, store: AgentStore, outbox: Outbox, runner: JobRunner, max_concurrent_jobs: int) -> None:
+        self._store = store
+        self._outbox = outbox
+        self._runner = runner
+        self.max_concurrent_jobs = max_concurrent_jobs
+        self._queue: deque[StoredJob] = deque()
+        self._running: dict[str, asyncio.Task[Outcome]] = {}
+        self._cancel_reason: dict[str, str] = {}
+        self._changed = asyncio.Event()
+        self._tasks = TaskSet("jobs")
+        self.accepting = True
+
+    # --- what the API and the daemon call -------------------------------------------------------------------
+
+    @property
+    def active_jobs(self) -> int:
+        return len(self._running)
+
+    @property
+    def queued_jobs(self) -> int:
+        return len(self._queue)
+
+    async def assign(self, assignment: JobAssignment) -> str:
+        """Take a job from the coordinator (idempotent by job id); returns its current status."""
+        job, new = await self._store.add_job(assignment)
+        if new:
+            self._queue.append(job)
+            self._changed.set()
+        return job.status
+
+    async def resume(self) -> None:
+        """After a start: queue what was waiting; a job that was running when the agent died is retried if it
+        has attempts left, else it fails with the reason ``agent restarted``."""
+        for job in await self._store.open_jobs():
+            if job.status == "running":
+                await self._interrupted(job)
+                if job.attempt > job.assignment.spec.retry_count:
+                    continue
+            self._queue.append(job)
+        self._changed.set()
+
+    async def _interrupted(self, job: StoredJob) -> None:
+        final = job.attempt > job.assignment.spec.retry_count
+        reason = "agent restarted"
+        log.warning("job was running when the agent stopped", job_id=job.job_id, attempt=job.attempt, final=final)
+        await self._outbox.transition(
+            job.job_id,
+            "failed" if final else "queued",
+            job.attempt,
+            {
+                "kind": "job",
+                "job_id": job.job_id,
+                "attempt": job.attempt,
+                "status": "failed",
+                "at": isoformat(utcnow()),
+                "reason": reason,
+                "final": final,
+            },
+        )
+
+    def set_limit(self, max_concurrent_jobs: int) -> None:
+        self.max_concurrent_jobs = max_concurrent_jobs
+        self._changed.set()
+
+    # --- the loop ------------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        while True:
+            while self.accepting and self._queue and len(self._running) < self.max_concurrent_jobs:
+                job = self._queue.popleft()
+                task = self._tasks.spawn(self._runner.run(job, self._cancel_reason), job.job_id)
+                self._running[job.job_id] = task
+                task.add_done_callback(lambda _t, job_id=job.job_id: self._finished(job_id))
+            await self._changed.wait()
+            self._changed.clear()
+
+    def _finished(self, job_id: str) -> None:
+        self._running.pop(job_id, None)
+        self._cancel_reason.pop(job_id, None)
+        self._changed.set()
+
+    async def drain(self, timeout: float) -> None:
+        """Stop starting jobs, let running ones finish for up to ``timeout`` seconds, then cancel the rest.
+        Queued jobs stay queued in the store and run after the next start."""
+        self.accepting = False
+        running = list(self._running.values())
+        if running:
+            log.info("waiting for running jobs", count=len(running), timeout=timeout)
+            await asyncio.wait(running, timeout=timeout)
+        await self.cancel_running("agent shutting down")
+
+    async def cancel_running(self, reason: str) -> None:
+        running = dict(self._running)
+        for job_id, task in running.items():
+            self._cancel_reason[job_id] = reason
+            task.cancel()
+        if running:
+            await asyncio.wait(running.values())
+
+    async def close(self) -> None:
+        await self._tasks.close()

@@ -1,0 +1,47 @@
+"""What agents send the coordinator: heartbeats and batches of job events.
+
+Both are authenticated with the runner's own token. Events are applied exactly once by sequence number and
+acknowledged with the highest applied sequence; the agent deletes only what was acknowledged.
+"""
+
+from __future__ import annotations
+
+import time
+
+from aiohttp import web
+
+from coordinator import keys
+from coordinator.api import events
+from shared.errors import RunnerNotFound
+from shared.http import json_response, parse_body
+from shared.models import EventAck, EventBatch, Heartbeat, HeartbeatAck
+
+_STATE_TO_STATUS = {"running": "active", "stopped": "stopped", "starting": "starting", "restarting": "restarting"}
+
+
+async def heartbeat(request: web.Request) -> web.Response:
+    runner_id = request.match_info["runner_id"]
+    beat = await parse_body(request, Heartbeat)
+    status = _STATE_TO_STATUS[beat.state]
+    change = await request.app[keys.STORE].record_heartbeat(
+        runner_id, beat.load, status, beat.heartbeat_interval, time.time()
+    )
+    if change is None:
+        raise RunnerNotFound(runner_id)
+    if change.old_status != change.new_status:
+        request.app[keys.HUB].publish(events.status_change(change))
+    request.app[keys.DISPATCHER].kick(runner_id)
+    return json_response(HeartbeatAck(runner_id=runner_id, status=status))  # type: ignore[arg-type]
+
+
+async def ingest_events(request: web.Request) -> web.Response:
+    runner_id = request.match_info["runner_id"]
+    batch = await parse_body(request, EventBatch)
+    store = request.app[keys.STORE]
+    if await store.get_runner(runner_id) is None:
+        raise RunnerNotFound(runner_id)
+    acked, changes = await store.apply_events(runner_id, batch.events)
+    hub = request.app[keys.HUB]
+    for change in changes:
+        hub.publish(events.status_change(change))
+    return json_response(EventAck(acked_seq=acked))

@@ -1,0 +1,71 @@
+"""``make_app``: the coordinator as an aiohttp application, read top to bottom like a table of contents."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from coordinator import auth, keys, liveness
+from coordinator.config import CoordinatorConfig
+from coordinator.dispatch import Dispatcher
+from coordinator.hub import Hub
+from coordinator.middlewares import setup_middlewares
+from coordinator.proxy import AgentClient
+from coordinator.routes import setup_routes
+from coordinator.store.sqlite import SqliteStore
+from shared.tasks import TaskSet
+
+
+async def _store(app: web.Application) -> AsyncIterator[None]:
+    store = SqliteStore(app[keys.CONFIG].database_path)
+    await store.open()
+    app[keys.STORE] = store
+    yield
+    await store.close()
+
+
+async def _agents(app: web.Application) -> AsyncIterator[None]:
+    client = AgentClient(app[keys.CONFIG].agents)
+    await client.start()
+    app[keys.AGENTS] = client
+    yield
+    await client.close()
+
+
+async def _hub(app: web.Application) -> AsyncIterator[None]:
+    app[keys.HUB] = Hub()
+    yield
+    await app[keys.HUB].close()
+
+
+async def _dispatcher(app: web.Application) -> AsyncIterator[None]:
+    dispatcher = Dispatcher(app[keys.STORE], app[keys.AGENTS])
+    app[keys.DISPATCHER] = dispatcher
+    yield
+    await dispatcher.close()
+
+
+async def _background(app: web.Application) -> AsyncIterator[None]:
+    config = app[keys.CONFIG]
+    tasks = TaskSet("coordinator")
+    tasks.spawn(
+        liveness.watch(
+            app[keys.STORE], app[keys.HUB], config.runners.liveness_multiplier, config.runners.liveness_check_interval
+        ),
+        "liveness",
+    )
+    yield
+    await tasks.close()
+
+
+def make_app(config: CoordinatorConfig) -> web.Application:
+    app = web.Application(client_max_size=config.max_body_bytes)
+    app[keys.CONFIG] = config
+    app[keys.CREDENTIALS] = auth.load_credentials(config)
+    setup_middlewares(app)
+    setup_routes(app)
+    app.cleanup_ctx.extend([_store, _agents, _hub, _dispatcher, _background])
+    # WebSocket clients are closed before the cleanup contexts unwind.
+    app.on_shutdown.append(lambda a: a[keys.HUB].close())
+    return app

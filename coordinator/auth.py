@@ -1,0 +1,107 @@
+"""Who is calling: the admin API key, a registration key, or a runner's own token.
+
+One place decides; the middleware calls :func:`authenticate` and :func:`authorize` for every request, so the
+later roles/JWT work extends this module alone.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from aiohttp import web
+
+from coordinator.config import CoordinatorConfig
+from shared import ids
+from shared.errors import AuthenticationRequired, AuthorizationFailed
+
+Role = Literal["admin", "registrar", "runner"]
+
+
+@dataclass(frozen=True)
+class Principal:
+    role: Role
+    runner_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Credentials:
+    api_key: str
+    registration_key: str
+
+
+def _kept_secret(path: Path, configured: str | None, make: str) -> str:
+    """The configured secret, else the one kept in ``path``, else a new one written there (mode 0600)."""
+    if configured:
+        return configured
+    if path.exists():
+        return path.read_text(encoding="utf-8").strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    secret = ids.new_api_key() if make == "api" else f"reg_{ids.new_api_key()[3:]}"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(secret + "\n")
+    return secret
+
+
+def load_credentials(config: CoordinatorConfig) -> Credentials:
+    return Credentials(
+        api_key=_kept_secret(config.state_dir / "admin-api-key", config.auth.api_key, "api"),
+        registration_key=_kept_secret(
+            config.state_dir / "registration-key", config.auth.registration_key, "registration"
+        ),
+    )
+
+
+def _presented(request: web.Request) -> str | None:
+    key = request.headers.get("X-API-Key")
+    if key:
+        return key.strip()
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    token = request.query.get("token")  # browsers cannot set headers on a WebSocket
+    if token and request.path.endswith("/ws"):
+        return token
+    return None
+
+
+async def authenticate(
+    request: web.Request, credentials: Credentials, runner_token: Callable[[str], Awaitable[str | None]]
+) -> Principal:
+    """Identify the caller. ``runner_token`` looks up the token of the runner the path names."""
+    presented = _presented(request)
+    if presented is None:
+        raise AuthenticationRequired(
+            "Authentication required: send the API key in the X-API-Key header or a token as 'Authorization: Bearer'",
+            header="X-API-Key",
+        )
+    if hmac.compare_digest(presented, credentials.api_key):
+        return Principal("admin")
+    if hmac.compare_digest(presented, credentials.registration_key):
+        return Principal("registrar")
+    runner_id = request.match_info.get("runner_id")
+    if runner_id and presented.startswith(ids.TOKEN_PREFIX):
+        expected = await runner_token(runner_id)
+        if expected and hmac.compare_digest(presented, expected):
+            return Principal("runner", runner_id)
+    raise AuthenticationRequired("The API key or token is not valid", header="X-API-Key")
+
+
+def authorize(request: web.Request, principal: Principal) -> None:
+    """Admins may do anything; a registration key may only register; a runner only its own routes."""
+    if principal.role == "admin":
+        return
+    route = request.match_info.route.resource.canonical if request.match_info.route.resource else ""
+    if principal.role == "registrar":
+        if route == "/api/runners/register" and request.method == "POST":
+            return
+        raise AuthorizationFailed("A registration key may only register runners", route=route)
+    runner_id = request.match_info.get("runner_id")
+    if runner_id is None or runner_id != principal.runner_id:
+        raise AuthorizationFailed("A runner token may only be used for its own runner's routes", route=route)

@@ -1,0 +1,25 @@
+"""The whole URL table of the coordinator, paths as in the API reference."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from coordinator.api import agents, health, jobs, runners, stream
+
+
+def setup_routes(app: web.Application) -> None:
+    r = app.router
+    # Fixed paths first, so they are not taken for a runner id.
+    r.add_get("/api/health", health.liveness)
+    r.add_post("/api/runners/register", runners.register)
+    r.add_get("/api/runners/ws", stream.runner_updates)
+    r.add_get("/api/runners", runners.list_runners)
+    r.add_get("/api/runners/{runner_id}", runners.get_runner)
+    r.add_put("/api/runners/{runner_id}", runners.update_runner)
+    r.add_delete("/api/runners/{runner_id}", runners.delete_runner)
+    r.add_post("/api/runners/{runner_id}/jobs", jobs.submit_job)
+    r.add_get("/api/runners/{runner_id}/jobs", jobs.list_jobs)
+    r.add_get("/api/runners/{runner_id}/jobs/{job_id}", jobs.get_job)
+    # Agent → coordinator channel.
+    r.add_post("/api/runners/{runner_id}/heartbeat", agents.heartbeat)
+    r.add_post("/api/runners/{runner_id}/events", agents.ingest_events)

@@ -1,0 +1,170 @@
+"""aiohttp pieces both daemons' APIs use: the error middleware, body and query parsing, JSON responses.
+
+Every failure leaves a server as the spec's envelope. Typed :class:`~shared.errors.ApiError` s map to their
+code and status; aiohttp's own HTTP errors (unknown route, wrong method, body too large) are translated; any
+other exception is a bug: logged with its traceback, answered ``INTERNAL_ERROR`` without one.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypeVar
+
+import structlog
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from shared.errors import (
+    ApiError,
+    InternalError,
+    InvalidRequest,
+    MethodNotAllowed,
+    PayloadTooLarge,
+    RouteNotFound,
+)
+from shared.timeutil import parse_iso
+
+M = TypeVar("M", bound=BaseModel)
+log = structlog.get_logger(__name__)
+
+
+def dumps(data: Any) -> str:
+    return json.dumps(data, separators=(",", ":"))
+
+
+def json_response(data: BaseModel | dict[str, Any], status: int = 200) -> web.Response:
+    body = data.model_dump_json() if isinstance(data, BaseModel) else dumps(data)
+    return web.Response(text=body, status=status, content_type="application/json")
+
+
+def error_response(error: ApiError) -> web.Response:
+    return web.Response(text=dumps(error.envelope()), status=error.status, content_type="application/json")
+
+
+def _translate(exc: web.HTTPException, request: web.Request) -> ApiError:
+    if isinstance(exc, web.HTTPNotFound):
+        return RouteNotFound(f"No API route matches {request.method} {request.path}", path=request.path)
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        allowed = sorted(exc.allowed_methods)
+        return MethodNotAllowed(
+            f"{request.method} is not allowed on {request.path}; allowed: {', '.join(allowed)}",
+            path=request.path,
+            allowed_methods=allowed,
+        )
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return PayloadTooLarge("The request body is larger than this server accepts", path=request.path)
+    error = ApiError(exc.reason or "HTTP error", path=request.path)
+    error.status = exc.status  # type: ignore[misc]
+    error.code = "INVALID_REQUEST" if 400 <= exc.status < 500 else "INTERNAL_ERROR"  # type: ignore[misc]
+    return error
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        response: web.StreamResponse = await handler(request)
+        return response
+    except ApiError as e:
+        return error_response(e)
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        return error_response(_translate(e, request))
+    except Exception:
+        log.exception("unhandled error", method=request.method, path=request.path)
+        return error_response(InternalError("Internal server error; the server log has the details"))
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def validation_error(e: ValidationError, what: str = "request body") -> InvalidRequest:
+    errors = e.errors(include_url=False)
+    first = errors[0]
+    field = _field_path(tuple(first.get("loc", ())))
+    message = first.get("msg", "invalid value")
+    if first.get("type") == "extra_forbidden":
+        message = "unknown field"
+    problems = [{"field": _field_path(tuple(err.get("loc", ()))), "message": err.get("msg", "")} for err in errors[:20]]
+    text = f"Invalid {what}: {field}: {message}" if field else f"Invalid {what}: {message}"
+    return InvalidRequest(text, field=field or None, errors=problems)
+
+
+async def read_json(request: web.Request, *, optional: bool = False) -> Any:
+    if not request.can_read_body:
+        if optional:
+            return {}
+        raise InvalidRequest("A JSON request body is required", field=None)
+    raw = await request.read()
+    if not raw.strip():
+        if optional:
+            return {}
+        raise InvalidRequest("A JSON request body is required", field=None)
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InvalidRequest(f"Malformed JSON in request body: {e}", field=None) from e
+
+
+async def parse_body(request: web.Request, model: type[M], *, optional: bool = False) -> M:
+    data = await read_json(request, optional=optional)
+    if not isinstance(data, dict):
+        raise InvalidRequest("The request body must be a JSON object", field=None)
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise validation_error(e) from e
+
+
+def query_int(request: web.Request, name: str, default: int | None, minimum: int, maximum: int) -> int | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidRequest(f"Query parameter '{name}' must be an integer, got {raw!r}", field=name) from None
+    if not minimum <= value <= maximum:
+        raise InvalidRequest(
+            f"Query parameter '{name}' must be between {minimum} and {maximum}, got {value}", field=name
+        )
+    return value
+
+
+def query_choice(request: web.Request, name: str, choices: tuple[str, ...]) -> str | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return None
+    if raw not in choices:
+        raise InvalidRequest(
+            f"Query parameter '{name}' must be one of {', '.join(choices)}; got {raw!r}",
+            field=name,
+            allowed=list(choices),
+        )
+    return raw
+
+
+def query_bool(request: web.Request, name: str) -> bool:
+    raw = request.query.get(name, "").lower()
+    if raw in ("", "0", "false", "no"):
+        return False
+    if raw in ("1", "true", "yes"):
+        return True
+    raise InvalidRequest(f"Query parameter '{name}' must be true or false, got {raw!r}", field=name)
+
+
+def query_time(request: web.Request, name: str) -> float | None:
+    raw = request.query.get(name)
+    if not raw:
+        return None
+    try:
+        return parse_iso(raw).timestamp()
+    except ValueError:
+        raise InvalidRequest(
+            f"Query parameter '{name}' must be an ISO 8601 timestamp such as 2024-01-15T10:00:00Z, got {raw!r}",
+            field=name,
+        ) from None

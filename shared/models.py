@@ -1,0 +1,308 @@
+"""The wire format: every body the coordinator, the agents and the SDK exchange, as pydantic models.
+
+Requests are strict (unknown fields are refused, so a typo never silently does nothing); responses are
+plain models serialised with ``to_wire``. Timestamps go out as ISO 8601 UTC with a ``Z``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, field_validator
+
+from shared.timeutil import isoformat
+
+Timestamp = Annotated[datetime, PlainSerializer(isoformat, return_type=str, when_used="json")]
+
+RunnerType = Literal["docker", "kubernetes", "native", "local"]
+RUNNER_TYPES: tuple[str, ...] = ("docker", "kubernetes", "native", "local")
+RunnerStatus = Literal["active", "inactive", "error", "stopped", "starting", "restarting"]
+RUNNER_STATUSES: tuple[str, ...] = ("active", "inactive", "error", "stopped", "starting", "restarting")
+JobStatus = Literal["queued", "running", "completed", "failed", "timed_out", "cancelled"]
+JOB_STATUSES: tuple[str, ...] = ("queued", "running", "completed", "failed", "timed_out", "cancelled")
+TERMINAL_JOB_STATUSES: frozenset[str] = frozenset({"completed", "failed", "timed_out", "cancelled"})
+StepStatus = Literal["pending", "running", "completed", "failed", "timed_out", "cancelled", "skipped"]
+AgentState = Literal["running", "stopped", "starting", "restarting"]
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9 ._:/@+-]*$"
+MAX_LIST_LIMIT = 1000
+
+
+class Request(BaseModel):
+    """A body a client sends: unknown fields are an error, not ignored."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class Response(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    def to_wire(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+Label = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")]
+
+
+# --- runners -----------------------------------------------------------------------------------------------
+
+
+class Resources(Request):
+    cpu_cores: float | None = Field(default=None, ge=0, le=100_000)
+    memory_gb: float | None = Field(default=None, ge=0, le=1_000_000)
+    disk_gb: float | None = Field(default=None, ge=0, le=1_000_000_000)
+
+
+class RunnerRegistration(Request):
+    name: str = Field(min_length=1, max_length=128, pattern=NAME_PATTERN)
+    type: RunnerType
+    host: str = Field(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9.:\[\]_-]+$")
+    port: int = Field(ge=1, le=65535)
+    capabilities: list[Label] = Field(default_factory=list, max_length=64)
+    metadata: dict[str, Any] = Field(default_factory=dict, max_length=64)
+    tags: list[Label] = Field(default_factory=list, max_length=64)
+    resources: Resources | None = None
+
+
+class RunnerUpdate(Request):
+    """``PUT /runners/{id}``: only the fields given change; ``metadata`` is merged key by key."""
+
+    name: str | None = Field(default=None, min_length=1, max_length=128, pattern=NAME_PATTERN)
+    host: str | None = Field(default=None, min_length=1, max_length=255, pattern=r"^[A-Za-z0-9.:\[\]_-]+$")
+    port: int | None = Field(default=None, ge=1, le=65535)
+    capabilities: list[Label] | None = Field(default=None, max_length=64)
+    metadata: dict[str, Any] | None = Field(default=None, max_length=64)
+    tags: list[Label] | None = Field(default=None, max_length=64)
+    resources: Resources | None = None
+
+
+class RegistrationResponse(Response):
+    success: bool = True
+    runner_id: str
+    registration_token: str
+    message: str = "Runner registered successfully"
+
+
+class CurrentLoad(BaseModel):
+    active_jobs: int = Field(default=0, ge=0)
+    queued_jobs: int = Field(default=0, ge=0)
+    cpu_usage: float = Field(default=0.0, ge=0)
+    memory_usage: float = Field(default=0.0, ge=0)
+    disk_usage: float = Field(default=0.0, ge=0)
+
+
+class RunnerStatistics(Response):
+    total_jobs_executed: int = 0
+    successful_jobs: int = 0
+    failed_jobs: int = 0
+    average_execution_time: float = 0.0
+    uptime_percentage: float = 0.0
+
+
+class RunnerView(Response):
+    id: str
+    name: str
+    type: RunnerType
+    status: RunnerStatus
+    host: str
+    port: int
+    capabilities: list[str]
+    tags: list[str]
+    metadata: dict[str, Any]
+    resources: dict[str, Any]
+    current_load: CurrentLoad
+    statistics: RunnerStatistics | None = None
+
+
+class RunnerList(Response):
+    runners: list[RunnerView]
+    total_count: int
+    has_more: bool
+
+
+class Ok(Response):
+    success: bool = True
+    message: str
+
+
+# --- jobs --------------------------------------------------------------------------------------------------
+
+EnvName = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+MAX_TIMEOUT = 7 * 24 * 3600
+
+
+class StepSpec(Request):
+    name: str = Field(min_length=1, max_length=128, pattern=NAME_PATTERN)
+    run: str = Field(min_length=1, max_length=1_000_000)
+    env: dict[EnvName, str] = Field(default_factory=dict)
+    timeout: int | None = Field(default=None, gt=0, le=MAX_TIMEOUT)
+    continue_on_error: bool = False
+    working_directory: str | None = Field(default=None, max_length=1024)
+
+    @field_validator("working_directory")
+    @classmethod
+    def _inside_workspace(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if value.startswith("/") or ".." in value.replace("\\", "/").split("/"):
+            raise ValueError("must be a relative path inside the job workspace, without '..'")
+        return value
+
+
+class JobSubmission(Request):
+    name: str = Field(min_length=1, max_length=256, pattern=NAME_PATTERN)
+    steps: list[StepSpec] = Field(min_length=1, max_length=200)
+    environment: dict[EnvName, str] = Field(default_factory=dict)
+    timeout: int | None = Field(default=None, gt=0, le=MAX_TIMEOUT)
+    retry_count: int = Field(default=0, ge=0, le=10)
+
+    @field_validator("steps")
+    @classmethod
+    def _unique_step_names(cls, steps: list[StepSpec]) -> list[StepSpec]:
+        seen: set[str] = set()
+        for step in steps:
+            if step.name in seen:
+                raise ValueError(f"step names must be unique; '{step.name}' appears twice")
+            seen.add(step.name)
+        return steps
+
+
+class JobSubmitResponse(Response):
+    success: bool = True
+    job_id: str
+    runner_id: str
+    status: JobStatus
+    estimated_start_time: Timestamp | None = None
+
+
+class StepResult(Response):
+    name: str
+    status: StepStatus
+    exit_code: int | None = None
+    started_at: Timestamp | None = None
+    completed_at: Timestamp | None = None
+    duration: float | None = None
+
+
+class JobAttempt(Response):
+    attempt: int
+    status: JobStatus
+    exit_code: int | None = None
+    reason: str | None = None
+    started_at: Timestamp | None = None
+    completed_at: Timestamp | None = None
+    duration: float | None = None
+
+
+class JobSummary(Response):
+    job_id: str
+    name: str
+    status: JobStatus
+    created_at: Timestamp
+    started_at: Timestamp | None = None
+    completed_at: Timestamp | None = None
+    duration: float | None = None
+    exit_code: int | None = None
+
+
+class JobDetail(JobSummary):
+    runner_id: str
+    reason: str | None = None
+    attempt: int = 0
+    timeout: int | None = None
+    retry_count: int = 0
+    steps: list[StepResult]
+    attempts: list[JobAttempt] = Field(default_factory=list)
+
+
+class JobList(Response):
+    runner_id: str
+    jobs: list[JobSummary]
+    total_count: int
+    has_more: bool
+
+
+# --- agent <-> coordinator -----------------------------------------------------------------------------------
+
+
+class JobAssignment(Request):
+    """A job the coordinator hands to an agent. Delivering the same job twice is harmless."""
+
+    job_id: str
+    runner_id: str
+    created_at: Timestamp
+    spec: JobSubmission
+
+
+class AssignmentAck(Response):
+    accepted: bool = True
+    job_id: str
+    status: JobStatus
+
+
+class Heartbeat(Request):
+    load: CurrentLoad
+    state: AgentState = "running"
+    heartbeat_interval: float = Field(gt=0, le=3600)
+
+
+class HeartbeatAck(Response):
+    runner_id: str
+    status: RunnerStatus
+
+
+class JobEvent(Request):
+    """A job's state changed on the agent. Identity for deduplication: the batch sequence number."""
+
+    kind: Literal["job"] = "job"
+    seq: int = Field(ge=1)
+    job_id: str
+    attempt: int = Field(ge=0)
+    status: JobStatus
+    at: Timestamp
+    exit_code: int | None = None
+    reason: str | None = None
+    # True when this is the job's outcome; False for an attempt that ended with retries still to come.
+    final: bool = False
+
+
+class StepEvent(Request):
+    kind: Literal["step"] = "step"
+    seq: int = Field(ge=1)
+    job_id: str
+    attempt: int = Field(ge=0)
+    index: int = Field(ge=0)
+    name: str
+    status: StepStatus
+    at: Timestamp
+    exit_code: int | None = None
+
+
+LogLevel = Literal["debug", "info", "warn", "error"]
+LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warn", "error")
+
+
+class LogEvent(Request):
+    """One log entry: a line a step printed, or something the agent says about a job."""
+
+    kind: Literal["log"] = "log"
+    seq: int = Field(ge=1)
+    at: Timestamp
+    level: LogLevel
+    message: str
+    job_id: str | None = None
+    step: str | None = None
+    stream: Literal["stdout", "stderr", "system"] = "system"
+    attempt: int | None = None
+
+
+AgentEvent = Annotated[JobEvent | StepEvent | LogEvent, Field(discriminator="kind")]
+
+
+class EventBatch(Request):
+    events: list[AgentEvent] = Field(max_length=10_000)
+
+
+class EventAck(Response):
+    acked_seq: int
