@@ -76,6 +76,23 @@ class Agent:
     # --- lifecycle -----------------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        try:
+            await self._start()
+        except BaseException:
+            await self._release()
+            raise
+
+    async def _release(self) -> None:
+        await self._tasks.close()
+        await self.supervisor.close()
+        if self._site_runner is not None:
+            await self._site_runner.cleanup()
+            self._site_runner = None
+        await self.client.close()
+        await self.store.close()
+        self.stopped.set()
+
+    async def _start(self) -> None:
         self.config.state_dir.mkdir(parents=True, exist_ok=True)
         await self.store.open()
         await self.client.start()
@@ -104,13 +121,7 @@ class Agent:
         await self.supervisor.drain(self.config.shutdown_timeout if timeout is None else timeout)
         await self.outbox.flush()
         await self._ship_remaining(deadline=2.0)
-        await self._tasks.close()
-        await self.supervisor.close()
-        if self._site_runner is not None:
-            await self._site_runner.cleanup()
-        await self.client.close()
-        await self.store.close()
-        self.stopped.set()
+        await self._release()
 
     async def _ship_remaining(self, deadline: float) -> None:
         """Give the shipper a moment to deliver the final reports; anything left is resent on the next start."""

@@ -57,7 +57,7 @@ async def ensure_registered(config: AgentConfig, client: CoordinatorClient, port
     body["port"] = port
     async for attempt in AsyncRetrying(
         retry=retry_if_exception_type(CoordinatorUnreachable),
-        wait=wait_exponential_jitter(initial=0.1, max=30),
+        wait=wait_exponential_jitter(multiplier=0.1, max=30, jitter=0.1),
         before_sleep=lambda state: log.warning(
             "coordinator unreachable; will retry registration",
             url=config.coordinator.url,

@@ -15,3 +15,5 @@ STORE = web.AppKey["Store"]("store")
 AGENTS = web.AppKey["AgentClient"]("agents")
 DISPATCHER = web.AppKey["Dispatcher"]("dispatcher")
 HUB = web.AppKey["Hub"]("hub")
+
+PRINCIPAL = web.RequestKey["Principal"]("principal")

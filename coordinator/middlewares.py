@@ -26,7 +26,7 @@ async def auth_middleware(request: web.Request, handler: Any) -> web.StreamRespo
 
     principal = await auth.authenticate(request, request.app[keys.CREDENTIALS], runner_token)
     auth.authorize(request, principal)
-    request["principal"] = principal
+    request[keys.PRINCIPAL] = principal
     response = await handler(request)
     return response
 

@@ -29,6 +29,7 @@ class Database:
         self._migrations = migrations
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sqlite:{path.name}")
         self._conn: sqlite3.Connection | None = None
+        self._closed = False
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -91,6 +92,10 @@ class Database:
         return result
 
     async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+
         def _close() -> None:
             if self._conn is not None:
                 self._conn.close()

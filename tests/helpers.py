@@ -1,0 +1,163 @@
+"""Test helpers: polling with a deadline, free ports, an API client, daemon processes started by PID."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiohttp
+
+T = TypeVar("T")
+REPO = Path(__file__).resolve().parent.parent
+
+
+async def wait_for(
+    probe: Callable[[], Awaitable[T]], timeout: float = 10.0, interval: float = 0.02, what: str = "condition"
+) -> T:
+    """Poll ``probe`` until it returns something truthy, or fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        last = await probe()
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
+        await asyncio.sleep(interval)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Api:
+    """A thin async client for the public API: ``await api.get(path)`` → ``(status, json)``."""
+
+    def __init__(self, base_url: str, api_key: str | None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.api_key = api_key
+        self.session = aiohttp.ClientSession()
+
+    async def request(
+        self, method: str, path: str, json: Any = None, headers: dict[str, str] | None = None, data: Any = None
+    ) -> tuple[int, Any]:
+        sent = {"X-API-Key": self.api_key} if self.api_key else {}
+        sent.update(headers or {})
+        async with self.session.request(method, self.base_url + path, json=json, data=data, headers=sent) as r:
+            text = await r.text()
+            try:
+                import json as _json
+
+                return r.status, _json.loads(text)
+            except ValueError:
+                return r.status, text
+
+    async def get(self, path: str, **kw: Any) -> tuple[int, Any]:
+        return await self.request("GET", path, **kw)
+
+    async def post(self, path: str, json: Any = None, **kw: Any) -> tuple[int, Any]:
+        return await self.request("POST", path, json=json, **kw)
+
+    async def put(self, path: str, json: Any = None, **kw: Any) -> tuple[int, Any]:
+        return await self.request("PUT", path, json=json, **kw)
+
+    async def delete(self, path: str, **kw: Any) -> tuple[int, Any]:
+        return await self.request("DELETE", path, **kw)
+
+    async def close(self) -> None:
+        await self.session.close()
+
+    async def job(self, runner_id: str, job_id: str) -> dict[str, Any]:
+        status, body = await self.get(f"/runners/{runner_id}/jobs/{job_id}")
+        assert status == 200, body
+        return dict(body)
+
+    async def wait_job(self, runner_id: str, job_id: str, statuses: set[str], timeout: float = 20.0) -> dict[str, Any]:
+        async def probe() -> dict[str, Any] | None:
+            job = await self.job(runner_id, job_id)
+            return job if job["status"] in statuses else None
+
+        return await wait_for(probe, timeout, what=f"job {job_id} to reach {sorted(statuses)}")
+
+    async def wait_runner_status(self, runner_id: str, status: str, timeout: float = 20.0) -> dict[str, Any]:
+        async def probe() -> dict[str, Any] | None:
+            code, body = await self.get(f"/runners/{runner_id}")
+            return body if code == 200 and body["status"] == status else None
+
+        return await wait_for(probe, timeout, what=f"runner {runner_id} to become {status}")
+
+
+TERMINAL = {"completed", "failed", "timed_out", "cancelled"}
+
+
+class DaemonProcess:
+    """``python -m coordinator`` or ``python -m agent`` as a real subprocess, stopped by its PID."""
+
+    def __init__(self, module: str, env: dict[str, str], log_path: Path) -> None:
+        self.module = module
+        self.env = env
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> DaemonProcess:
+        env = {**os.environ, "RUSTCI_LOG_FORMAT": "json", "PYTHONUNBUFFERED": "1", **self.env}
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", self.module], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+        log.close()
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def signal(self, sig: signal.Signals) -> None:
+        if self.alive():
+            assert self.proc is not None
+            self.proc.send_signal(sig)
+
+    async def wait_exit(self, timeout: float = 20.0) -> int:
+        assert self.proc is not None
+        proc = self.proc
+        await wait_for(lambda: _done(proc), timeout, what=f"{self.module} (pid {proc.pid}) to exit")
+        return int(proc.returncode)
+
+    async def stop(self, timeout: float = 20.0) -> int | None:
+        if not self.alive():
+            return self.proc.returncode if self.proc else None
+        self.signal(signal.SIGTERM)
+        try:
+            return await self.wait_exit(timeout)
+        except AssertionError:
+            self.kill()
+            return None
+
+    def kill(self) -> None:
+        if self.alive():
+            assert self.proc is not None
+            self.proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(10)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+async def _done(proc: subprocess.Popen[bytes]) -> bool:
+    return proc.poll() is not None
