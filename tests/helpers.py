@@ -161,3 +161,50 @@ class DaemonProcess:
 
 async def _done(proc: subprocess.Popen[bytes]) -> bool:
     return proc.poll() is not None
+
+
+# --- spec-shaped bodies and assertions (registry, errors, jobs tests) -------------------------------------------
+
+RUNNER_ID_PATTERN = r"^runner_[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"
+JOB_ID_PATTERN = r"^job_[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"
+ISO_UTC_PATTERN = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$"
+
+
+def registration(**overrides: Any) -> dict[str, Any]:
+    """The register body from the API reference; ``overrides`` replace top-level keys."""
+    body: dict[str, Any] = {
+        "name": "my-docker-runner",
+        "type": "docker",
+        "host": "localhost",
+        "port": free_port(),
+        "capabilities": ["docker", "isolation", "deployment"],
+        "metadata": {"os": "linux", "arch": "amd64", "docker_version": "24.0.0", "max_concurrent_jobs": 5},
+        "tags": ["production", "docker"],
+        "resources": {"cpu_cores": 4, "memory_gb": 8, "disk_gb": 100},
+    }
+    body.update(overrides)
+    return body
+
+
+async def register_runner(api: Api, **overrides: Any) -> dict[str, Any]:
+    """Register through the API (no agent behind it); returns the register answer."""
+    status, body = await api.post("/runners/register", registration(**overrides))
+    assert status == 201, body
+    return dict(body)
+
+
+def assert_error(status: int, body: Any, http_status: int, code: str, **details: Any) -> dict[str, Any]:
+    """The spec's error envelope with ``code``; each of ``details`` must appear in ``error.details``."""
+    import re
+
+    assert status == http_status, (status, body)
+    assert isinstance(body, dict), body
+    assert body["success"] is False, body
+    error = body["error"]
+    assert error["code"] == code, body
+    assert isinstance(error["message"], str) and error["message"], body
+    assert "Traceback" not in error["message"], body
+    assert re.match(ISO_UTC_PATTERN, error["details"]["timestamp"]), body
+    for key, value in details.items():
+        assert error["details"].get(key) == value, (key, body)
+    return dict(error)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from coordinator import keys
@@ -25,10 +27,18 @@ async def runner_updates(request: web.Request) -> web.WebSocketResponse:
     hub = request.app[keys.HUB]
     sub = hub.subscribe(runner_id, wanted)
     hub.track(ws)
-    reader = request.app.loop.create_task(_drain_incoming(ws), name="ws:reader")
+    reader = asyncio.get_running_loop().create_task(_drain_incoming(ws), name="ws:reader")
+    getter: asyncio.Future[str | None] | None = None
     try:
         while not ws.closed:
-            text = await sub.queue.get()
+            # Wait for the next event or for the client to go away, whichever comes first: a closed
+            # connection must not keep this handler (and the coordinator's shutdown) waiting for an event.
+            getter = asyncio.ensure_future(sub.queue.get())
+            await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
+            if not getter.done():
+                getter.cancel()
+                break
+            text = getter.result()
             if text is None:
                 await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"client too slow: event queue overflowed")
                 break
@@ -39,6 +49,8 @@ async def runner_updates(request: web.Request) -> web.WebSocketResponse:
         hub.unsubscribe(sub)
         hub.untrack(ws)
         reader.cancel()
+        if getter is not None:
+            getter.cancel()
         if not ws.closed:
             await ws.close()
     return ws
