@@ -10,7 +10,15 @@ from aiohttp import web
 from agent.keys import AGENT
 from shared.errors import AuthenticationRequired, AuthorizationFailed, RunnerNotFound, RunnerUnavailable
 from shared.http import error_middleware, json_response, parse_body
-from shared.models import AssignmentAck, JobAssignment
+from shared.models import (
+    AssignmentAck,
+    CancelResult,
+    JobAssignment,
+    RestartRequest,
+    RunnerConfigUpdate,
+    RunnerConfigView,
+    StopRequest,
+)
 
 
 @web.middleware
@@ -41,8 +49,47 @@ async def health(request: web.Request) -> web.Response:
 
 async def assign_job(request: web.Request) -> web.Response:
     assignment = await parse_body(request, JobAssignment)
-    status = await request.app[AGENT].supervisor.assign(assignment)
-    return json_response(AssignmentAck(job_id=assignment.job_id, status=status), status=202)  # type: ignore[arg-type]
+    agent = request.app[AGENT]
+    if not agent.supervisor.accepting:
+        raise RunnerUnavailable(f"Runner is {agent.state}; the job stays held on the coordinator")
+    status = await agent.supervisor.assign(assignment)
+    return json_response(AssignmentAck(job_id=assignment.job_id, status=status), status=202)
+
+
+async def cancel_job(request: web.Request) -> web.Response:
+    job_id = request.match_info["job_id"]
+    status = await request.app[AGENT].supervisor.cancel(job_id, "cancelled by user")
+    message = "Job cancelled" if status == "cancelled" else f"Job is {status}"
+    return json_response(CancelResult(job_id=job_id, status=status, message=message))
+
+
+async def get_config(request: web.Request) -> web.Response:
+    agent = request.app[AGENT]
+    view = RunnerConfigView(
+        runner_id=agent.identity().runner_id,
+        configuration=agent.runtime.current(),
+        last_updated=agent.runtime.last_updated,
+    )
+    return json_response(view)
+
+
+async def put_config(request: web.Request) -> web.Response:
+    update = await parse_body(request, RunnerConfigUpdate)
+    return json_response(await request.app[AGENT].runtime.update(update))
+
+
+async def stop_runner(request: web.Request) -> web.Response:
+    body = await parse_body(request, StopRequest, optional=True)
+    return json_response(await request.app[AGENT].control.stop(body))
+
+
+async def start_runner(request: web.Request) -> web.Response:
+    return json_response(await request.app[AGENT].control.start())
+
+
+async def restart_runner(request: web.Request) -> web.Response:
+    body = await parse_body(request, RestartRequest, optional=True)
+    return json_response(await request.app[AGENT].control.restart(body))
 
 
 def make_api(agent: Any) -> web.Application:
@@ -50,4 +97,10 @@ def make_api(agent: Any) -> web.Application:
     app[AGENT] = agent
     app.router.add_get("/health", health)
     app.router.add_post("/api/runners/{runner_id}/jobs", assign_job)
+    app.router.add_post("/api/runners/{runner_id}/jobs/{job_id}/cancel", cancel_job)
+    app.router.add_get("/api/runners/{runner_id}/config", get_config)
+    app.router.add_put("/api/runners/{runner_id}/config", put_config)
+    app.router.add_post("/api/runners/{runner_id}/stop", stop_runner)
+    app.router.add_post("/api/runners/{runner_id}/start", start_runner)
+    app.router.add_post("/api/runners/{runner_id}/restart", restart_runner)
     return app

@@ -38,10 +38,11 @@ async def serve(agent: Agent) -> int:
         else:
             log.warning("second signal: cancelling running jobs now", signal=signal.Signals(signum).name)
             agent.supervisor.accepting = False
-            loop.create_task(agent.supervisor.cancel_running("agent stopped by signal"))
+            agent.spawn(agent.supervisor.cancel_running("agent stopped by signal"), "cancel-on-signal")
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
+    loop.add_signal_handler(signal.SIGHUP, agent.reload_config)
     try:
         start = asyncio.create_task(agent.start())
         stop_wait = asyncio.create_task(stop_requested.wait())
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rustci-agent: {e}", file=sys.stderr)
         return 2
     logs.configure(config.log.level, config.log.format)  # type: ignore[arg-type]
-    return asyncio.run(serve(Agent(config)))
+    return asyncio.run(serve(Agent(config, args.config)))
 
 
 if __name__ == "__main__":

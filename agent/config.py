@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import Field
 
 from shared.config import Settings, load_settings
-from shared.models import Label
+from shared.models import DockerConfig, Label, ResourceLimits
 
 ENV_OVERRIDES = {
     "RUSTCI_COORDINATOR_URL": "coordinator.url",
@@ -80,6 +80,10 @@ class AgentConfig(Settings):
     """On SIGTERM, how long running jobs may finish before they are cancelled."""
     environment: dict[str, str] = Field(default_factory=dict)
     """Variables every job sees (a job's own ``environment`` wins)."""
+    resource_limits: ResourceLimits = Field(default_factory=ResourceLimits)
+    """Limits for each job's container or pod (Docker, Kubernetes executors)."""
+    docker_config: DockerConfig = Field(default_factory=DockerConfig)
+    """Container settings for the Docker executor."""
     log: Log = Field(default_factory=Log)
 
     @property

@@ -9,25 +9,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
 
 import structlog
 from aiohttp import web
 
+from agent import config as config_module
 from agent import identity as identity_store
 from agent import sysinfo
 from agent.api import make_api
 from agent.config import AgentConfig
+from agent.control import RunnerControl
 from agent.coordinator_client import CoordinatorClient, CoordinatorUnreachable
 from agent.executors.base import Executor
 from agent.executors.native import NativeExecutor
 from agent.identity import Identity
 from agent.registration import ensure_registered
 from agent.runner import JobRunner
+from agent.runtime_config import RuntimeConfig
 from agent.shipping import Outbox, Shipper
 from agent.store import AgentStore
 from agent.supervisor import Supervisor
 from shared.errors import ApiError, AuthenticationRequired, RunnerNotFound
-from shared.models import Heartbeat
+from shared.models import AgentState, Heartbeat
 from shared.tasks import TaskSet
 
 log = structlog.get_logger(__name__)
@@ -39,19 +45,35 @@ def make_executor(config: AgentConfig) -> Executor:
     raise ValueError(f"executor '{config.runner.type}' is not available in this build")
 
 
+# Settings SIGHUP and restart apply from the file without a process restart.
+RELOADABLE = (
+    "max_concurrent_jobs",
+    "job_timeout",
+    "cleanup_policy",
+    "kill_grace_period",
+    "heartbeat_interval",
+    "environment",
+    "resource_limits",
+    "docker_config",
+    "shutdown_timeout",
+)
+
+
 class Agent:
-    def __init__(self, config: AgentConfig) -> None:
+    def __init__(self, config: AgentConfig, config_path: Path | None = None) -> None:
         self.config = config
+        self.config_path = config_path
         self.store = AgentStore(config.state_dir / "agent.db")
         self.client = CoordinatorClient(config.coordinator.url, config.coordinator.request_timeout)
         self._identity: Identity | None = None
         self.outbox = Outbox(self.store, self.identity)
         self.executor = make_executor(config)
-        self.supervisor = Supervisor(
-            self.store, self.outbox, JobRunner(config, self.executor, self.outbox), config.max_concurrent_jobs
-        )
+        self.job_runner = JobRunner(config, self.executor, self.outbox)
+        self.supervisor = Supervisor(self.store, self.outbox, self.job_runner, config.max_concurrent_jobs)
+        self.runtime = RuntimeConfig(config, self.store, self._config_changed)
+        self.control = RunnerControl(self)
         self.shipper = Shipper(self.store, self.outbox, self.client, self.identity, self._forgotten)
-        self.state = "starting"
+        self.state: AgentState = "starting"
         self.heartbeat_failures = 0
         self._tasks = TaskSet("agent")
         self._site_runner: web.AppRunner | None = None
@@ -73,6 +95,47 @@ class Agent:
     def _forgotten(self) -> None:
         self._reregister.set()
 
+    def spawn(self, work: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        return self._tasks.spawn(work, name)
+
+    # --- configuration -------------------------------------------------------------------------------------
+
+    def _config_changed(self, fields: set[str]) -> None:
+        if "max_concurrent_jobs" in fields:
+            self.supervisor.set_limit(self.config.max_concurrent_jobs)
+        if "kill_grace_period" in fields and hasattr(self.executor, "kill_grace_period"):
+            self.executor.kill_grace_period = self.config.kill_grace_period
+
+    def reload_config(self) -> None:
+        """Re-read the config file and apply what can change live; log what needs a process restart."""
+        if self.config_path is None:
+            return
+        try:
+            fresh = config_module.load(self.config_path)
+        except Exception as e:
+            log.error("config reload failed; keeping the running configuration", error=str(e))
+            return
+        changed = {name for name in RELOADABLE if getattr(fresh, name) != getattr(self.config, name)}
+        for name in changed:
+            setattr(self.config, name, getattr(fresh, name))
+        self._config_changed(changed)
+        needs_restart = [
+            name
+            for name in AgentConfig.model_fields
+            if name not in RELOADABLE and getattr(fresh, name) != getattr(self.config, name)
+        ]
+        log.info("configuration reloaded", applied=sorted(changed), needs_restart=needs_restart)
+
+    def reset_executor(self) -> None:
+        self.executor = make_executor(self.config)
+        self.job_runner.executor = self.executor
+
+    async def check_executor(self) -> None:
+        """Hook for executors with a daemon to reach (Docker, Kubernetes); native has nothing to check."""
+        check = getattr(self.executor, "check", None)
+        if check is not None:
+            await check()
+
     # --- lifecycle -----------------------------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -83,6 +146,7 @@ class Agent:
             raise
 
     async def _release(self) -> None:
+        await self.control.close()
         await self._tasks.close()
         await self.supervisor.close()
         if self._site_runner is not None:
@@ -106,7 +170,8 @@ class Agent:
         log.info("agent API listening", host=self.config.listen.host, port=self.port)
         self._identity = await ensure_registered(self.config, self.client, self.port)
         structlog.contextvars.bind_contextvars(runner_id=self._identity.runner_id)
-        await self.supervisor.resume()
+        await self.runtime.load()
+        await self.supervisor.resume(self.executor.recover)
         self.state = "running"
         self._tasks.spawn(self.outbox.run_writer(), "log-writer")
         self._tasks.spawn(self.shipper.run(), "shipper")
@@ -142,7 +207,7 @@ class Agent:
         identity = self.identity()
         beat = Heartbeat(
             load=sysinfo.load(self.config.state_dir, self.supervisor.active_jobs, self.supervisor.queued_jobs),
-            state="running" if self.state == "running" else "stopped",  # type: ignore[arg-type]
+            state=self.state,
             heartbeat_interval=self.config.heartbeat_interval,
         )
         try:

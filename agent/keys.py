@@ -7,6 +7,6 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 if TYPE_CHECKING:
-    pass
+    from agent.daemon import Agent
 
-AGENT = web.AppKey["Agent"]("agent")
+AGENT: web.AppKey[Agent] = web.AppKey("agent")

@@ -82,7 +82,7 @@ class JobRunner:
             self._system(job.job_id, attempt, "info", f"Job started: {job.job_id} (attempt {attempt})"),
         )
         timeout = spec.timeout or self.config.job_timeout
-        outcome: Outcome
+        outcome: Outcome | None = None
         try:
             async with asyncio.timeout(timeout):
                 await self.executor.setup(context)
@@ -100,7 +100,11 @@ class JobRunner:
                 task.uncancel()  # a deliberate cancel is this job's outcome, not the task's end
             outcome = Outcome("cancelled", reason=reason)
         finally:
-            await asyncio.shield(self._cleanup(context, bound))
+            policy = self.config.cleanup_policy
+            succeeded = outcome is not None and outcome.status == "completed"
+            if policy == "always" or (policy == "on_success" and succeeded):
+                await asyncio.shield(self._cleanup(context, bound))
+        assert outcome is not None  # every path that gets here set it
         return outcome
 
     async def _steps(self, context: JobContext, job: StoredJob, bound: Any) -> Outcome:
@@ -214,8 +218,8 @@ class JobRunner:
 
     @staticmethod
     def _system(job_id: str, attempt: int, level: str, message: str, step: str | None = None) -> dict[str, Any]:
-        entry = {"kind": "log", "at": _now(), "level": level, "message": message, "job_id": job_id}
-        entry.update({"stream": "system", "attempt": attempt})
+        entry: dict[str, Any] = {"kind": "log", "at": _now(), "level": level, "message": message}
+        entry.update({"job_id": job_id, "stream": "system", "attempt": attempt})
         if step:
             entry["step"] = step
         return entry

@@ -138,6 +138,23 @@ class AgentStore:
 
         return await self.db.run(op)
 
+    async def setting(self, key: str) -> str | None:
+        def op(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+            return str(row["value"]) if row else None
+
+        return await self.db.read(op)
+
+    async def set_setting(self, key: str, value: str) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO settings (key, value) VALUES (?, ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )
+
+        await self.db.run(op)
+
     async def outbox_size(self) -> int:
         return await self.db.read(lambda conn: int(conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]))
 

@@ -7,14 +7,17 @@ until a slot is free. The limit can change live; raising it starts waiting jobs 
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections import deque
+from collections.abc import Awaitable, Callable
 
 import structlog
 
 from agent.runner import JobRunner, Outcome
 from agent.shipping import Outbox
 from agent.store import AgentStore, StoredJob
-from shared.models import JobAssignment
+from shared.errors import JobNotCancellable, JobNotFound
+from shared.models import TERMINAL_JOB_STATUSES, JobAssignment
 from shared.tasks import TaskSet
 from shared.timeutil import isoformat, utcnow
 
@@ -52,11 +55,14 @@ class Supervisor:
             self._changed.set()
         return job.status
 
-    async def resume(self) -> None:
+    async def resume(self, recover: Callable[[str], Awaitable[int]]) -> None:
         """After a start: queue what was waiting; a job that was running when the agent died is retried if it
         has attempts left, else it fails with the reason ``agent restarted``."""
         for job in await self._store.open_jobs():
             if job.status == "running":
+                ended = await recover(job.job_id)
+                if ended:
+                    log.warning("ended processes left by the previous agent", job_id=job.job_id, processes=ended)
                 await self._interrupted(job)
                 if job.attempt > job.assignment.spec.retry_count:
                     continue
@@ -82,6 +88,51 @@ class Supervisor:
             },
         )
 
+    async def cancel(self, job_id: str, reason: str, wait: float = 1.0) -> str:
+        """Cancel one job: a queued one leaves the queue, a running one is ended (its whole process tree).
+        Returns the job's status afterwards (``cancelling`` while its processes are still being ended)."""
+        task = self._running.get(job_id)
+        if task is not None:
+            self._cancel_reason.setdefault(job_id, reason)
+            task.cancel()
+            await asyncio.wait([task], timeout=wait)
+            return "cancelled" if task.done() else "cancelling"
+        queued = next((job for job in self._queue if job.job_id == job_id), None)
+        if queued is not None:
+            self._queue.remove(queued)
+            await self._outbox.transition(
+                job_id,
+                "cancelled",
+                queued.attempt,
+                {
+                    "kind": "job",
+                    "job_id": job_id,
+                    "attempt": queued.attempt,
+                    "status": "cancelled",
+                    "at": isoformat(utcnow()),
+                    "reason": reason,
+                    "final": True,
+                },
+            )
+            return "cancelled"
+        known = await self._store.job_status(job_id)
+        if known is None:
+            raise JobNotFound(job_id)
+        status = known[0]
+        if status == "cancelled":
+            return status  # cancelling twice is harmless
+        if status in TERMINAL_JOB_STATUSES:
+            raise JobNotCancellable(f"Job '{job_id}' already finished as {status}", job_id=job_id, status=status)
+        return status
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until no job runs (for a graceful stop); ``False`` if some still run after ``timeout``."""
+        running = list(self._running.values())
+        if running:
+            _, pending = await asyncio.wait(running, timeout=timeout)
+            return not pending
+        return True
+
     def set_limit(self, max_concurrent_jobs: int) -> None:
         self.max_concurrent_jobs = max_concurrent_jobs
         self._changed.set()
@@ -94,24 +145,27 @@ class Supervisor:
                 job = self._queue.popleft()
                 task = self._tasks.spawn(self._runner.run(job, self._cancel_reason), job.job_id)
                 self._running[job.job_id] = task
-                task.add_done_callback(lambda _t, job_id=job.job_id: self._finished(job_id))
+                task.add_done_callback(functools.partial(self._finished, job.job_id))
             await self._changed.wait()
             self._changed.clear()
 
-    def _finished(self, job_id: str) -> None:
+    def _finished(self, job_id: str, _task: object = None) -> None:
         self._running.pop(job_id, None)
         self._cancel_reason.pop(job_id, None)
         self._changed.set()
 
-    async def drain(self, timeout: float) -> None:
+    def resume_accepting(self) -> None:
+        self.accepting = True
+        self._changed.set()
+
+    async def drain(self, timeout: float, reason: str = "agent shutting down") -> None:
         """Stop starting jobs, let running ones finish for up to ``timeout`` seconds, then cancel the rest.
         Queued jobs stay queued in the store and run after the next start."""
         self.accepting = False
-        running = list(self._running.values())
-        if running:
-            log.info("waiting for running jobs", count=len(running), timeout=timeout)
-            await asyncio.wait(running, timeout=timeout)
-        await self.cancel_running("agent shutting down")
+        if self._running:
+            log.info("waiting for running jobs", count=len(self._running), timeout=timeout)
+        await self.wait_idle(timeout)
+        await self.cancel_running(reason)
 
     async def cancel_running(self, reason: str) -> None:
         running = dict(self._running)

@@ -43,8 +43,8 @@ class Dispatcher:
             while runner_id in self._pending:
                 self._pending.discard(runner_id)
                 runner = await self._store.get_runner(runner_id)
-                if runner is None:
-                    return
+                if runner is None or runner.status in ("stopped", "restarting"):
+                    return  # held until the runner starts again
                 jobs = await self._store.undelivered_jobs(runner_id, BATCH)
                 for job in jobs:
                     assignment = JobAssignment(

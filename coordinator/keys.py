@@ -7,13 +7,18 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 if TYPE_CHECKING:
-    pass
+    from coordinator.auth import Credentials, Principal
+    from coordinator.config import CoordinatorConfig
+    from coordinator.dispatch import Dispatcher
+    from coordinator.hub import Hub
+    from coordinator.proxy import AgentClient
+    from coordinator.store.base import Store
 
-CONFIG = web.AppKey["CoordinatorConfig"]("config")
-CREDENTIALS = web.AppKey["Credentials"]("credentials")
-STORE = web.AppKey["Store"]("store")
-AGENTS = web.AppKey["AgentClient"]("agents")
-DISPATCHER = web.AppKey["Dispatcher"]("dispatcher")
-HUB = web.AppKey["Hub"]("hub")
+CONFIG: web.AppKey[CoordinatorConfig] = web.AppKey("config")
+CREDENTIALS: web.AppKey[Credentials] = web.AppKey("credentials")
+STORE: web.AppKey[Store] = web.AppKey("store")
+AGENTS: web.AppKey[AgentClient] = web.AppKey("agents")
+DISPATCHER: web.AppKey[Dispatcher] = web.AppKey("dispatcher")
+HUB: web.AppKey[Hub] = web.AppKey("hub")
 
-PRINCIPAL = web.RequestKey["Principal"]("principal")
+PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal")

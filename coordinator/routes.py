@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from coordinator.api import agents, health, jobs, runners, stream
+from coordinator.api import agents, bulk, control, health, jobs, runners, stream
 
 
 def setup_routes(app: web.Application) -> None:
@@ -13,6 +13,7 @@ def setup_routes(app: web.Application) -> None:
     r.add_get("/api/health", health.liveness)
     r.add_post("/api/runners/register", runners.register)
     r.add_get("/api/runners/ws", stream.runner_updates)
+    r.add_post("/api/runners/bulk", bulk.bulk)
     r.add_get("/api/runners", runners.list_runners)
     r.add_get("/api/runners/{runner_id}", runners.get_runner)
     r.add_put("/api/runners/{runner_id}", runners.update_runner)
@@ -20,6 +21,12 @@ def setup_routes(app: web.Application) -> None:
     r.add_post("/api/runners/{runner_id}/jobs", jobs.submit_job)
     r.add_get("/api/runners/{runner_id}/jobs", jobs.list_jobs)
     r.add_get("/api/runners/{runner_id}/jobs/{job_id}", jobs.get_job)
+    r.add_post("/api/runners/{runner_id}/jobs/{job_id}/cancel", control.cancel_job)
+    r.add_get("/api/runners/{runner_id}/config", control.get_config)
+    r.add_put("/api/runners/{runner_id}/config", control.put_config)
+    r.add_post("/api/runners/{runner_id}/start", control.start_runner)
+    r.add_post("/api/runners/{runner_id}/stop", control.stop_runner)
+    r.add_post("/api/runners/{runner_id}/restart", control.restart_runner)
     # Agent → coordinator channel.
     r.add_post("/api/runners/{runner_id}/heartbeat", agents.heartbeat)
     r.add_post("/api/runners/{runner_id}/events", agents.ingest_events)

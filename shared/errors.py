@@ -108,7 +108,8 @@ def _all_subclasses(cls: type[ApiError]) -> list[type[ApiError]]:
     return found
 
 
-ERRORS_BY_CODE: dict[str, type[ApiError]] = {cls.code: cls for cls in [ApiError, *_all_subclasses(ApiError)]}
+_ALL_ERRORS: list[type[ApiError]] = [ApiError, *_all_subclasses(ApiError)]
+ERRORS_BY_CODE: dict[str, type[ApiError]] = {cls.code: cls for cls in _ALL_ERRORS}
 
 
 def from_envelope(status: int, body: Any) -> ApiError:
@@ -117,8 +118,8 @@ def from_envelope(status: int, body: Any) -> ApiError:
     if not isinstance(error, dict):
         return InternalError(f"unexpected HTTP {status} without an error envelope", http_status=status)
     cls = ERRORS_BY_CODE.get(str(error.get("code")), InternalError)
-    details = error.get("details") if isinstance(error.get("details"), dict) else {}
-    details = {k: v for k, v in details.items() if k != "timestamp"}
+    raw_details = error.get("details")
+    details = {k: v for k, v in raw_details.items() if k != "timestamp"} if isinstance(raw_details, dict) else {}
     exc = ApiError.__new__(cls)
     ApiError.__init__(exc, str(error.get("message", "")), **details)
     return exc

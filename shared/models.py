@@ -306,3 +306,108 @@ class EventBatch(Request):
 
 class EventAck(Response):
     acked_seq: int
+
+
+# --- runner configuration and control ---------------------------------------------------------------------
+
+CleanupPolicy = Literal["always", "on_success", "never"]
+Quantity = Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|K|M|G|T)?$", max_length=32)]
+VolumeSpec = Annotated[str, Field(pattern=r"^[^:\s]+:/[^:\s]*(:(ro|rw))?$", max_length=1024)]
+
+
+class ResourceLimits(Request):
+    cpu_limit: Quantity | None = None
+    memory_limit: Quantity | None = None
+    disk_limit: Quantity | None = None
+
+
+class DockerConfig(Request):
+    privileged: bool = False
+    network_mode: str = Field(default="bridge", pattern=r"^(bridge|host|none|container:[A-Za-z0-9_.-]+)$")
+    volumes: list[VolumeSpec] = Field(default_factory=list, max_length=64)
+
+
+class RunnerConfiguration(Response):
+    max_concurrent_jobs: int
+    job_timeout: int
+    cleanup_policy: CleanupPolicy
+    kill_grace_period: float
+    resource_limits: ResourceLimits
+    docker_config: DockerConfig
+
+
+class RunnerConfigUpdate(Request):
+    """``PUT /runners/{id}/config``: every field optional, all validated before anything changes."""
+
+    max_concurrent_jobs: int | None = Field(default=None, ge=1, le=1000)
+    job_timeout: int | None = Field(default=None, gt=0, le=MAX_TIMEOUT)
+    cleanup_policy: CleanupPolicy | None = None
+    kill_grace_period: float | None = Field(default=None, ge=0, le=3600)
+    resource_limits: ResourceLimits | None = None
+    docker_config: DockerConfig | None = None
+
+
+class RunnerConfigView(Response):
+    runner_id: str
+    configuration: RunnerConfiguration
+    last_updated: Timestamp
+
+
+class ConfigUpdateResult(Response):
+    success: bool = True
+    message: str = "Configuration updated successfully"
+    restart_required: bool = False
+    restart_required_fields: list[str] = Field(default_factory=list)
+
+
+class StopRequest(Request):
+    graceful: bool = True
+    timeout: float | None = Field(default=None, ge=0, le=24 * 3600)
+    reason: str | None = Field(default=None, max_length=500)
+
+
+class RestartRequest(Request):
+    graceful: bool = True
+    timeout: float | None = Field(default=None, ge=0, le=24 * 3600)
+
+
+class ControlResult(Response):
+    success: bool = True
+    message: str
+    status: str
+
+
+class CancelResult(Response):
+    success: bool = True
+    job_id: str
+    status: JobStatus | Literal["cancelling"]
+    message: str
+
+
+class BulkFilters(Request):
+    status: RunnerStatus | None = None
+    type: RunnerType | None = None
+    tags: list[Label] = Field(default_factory=list, max_length=64)
+
+
+class BulkRequest(Request):
+    operation: Literal["update_config", "start", "stop", "restart", "delete"]
+    filters: BulkFilters = Field(default_factory=BulkFilters)
+    data: dict[str, Any] | None = None
+
+
+class BulkItemError(Response):
+    code: str
+    message: str
+
+
+class BulkItem(Response):
+    runner_id: str
+    success: bool
+    error: BulkItemError | None = None
+
+
+class BulkResult(Response):
+    success: bool
+    affected_runners: int
+    results: list[BulkItem]

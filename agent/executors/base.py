@@ -12,6 +12,8 @@ Contract every executor keeps:
   pod — first politely (SIGTERM), then after ``kill_grace_period`` by force, and only then lets
   ``CancelledError`` propagate. Nothing the step started outlives it.
 - ``cleanup(job)`` removes what ``setup`` made. It is idempotent and safe after a failed or partial setup.
+- ``recover(job_id)`` ends whatever a previous agent process left running for the job (after a crash of
+  the agent) and returns how many things it ended. Safe to call when nothing is left.
 - Executors never block the event loop: blocking SDKs run in threads.
 """
 
@@ -58,3 +60,5 @@ class Executor(Protocol):
     async def run_step(self, job: JobContext, step: StepContext, output: OutputSink) -> int: ...
 
     async def cleanup(self, job: JobContext) -> None: ...
+
+    async def recover(self, job_id: str) -> int: ...

@@ -14,6 +14,7 @@ import shutil
 import signal
 from pathlib import Path
 
+import psutil
 import structlog
 
 from agent.executors.base import ExecutorError, JobContext, OutputSink, StepContext, Stream
@@ -91,6 +92,24 @@ class NativeExecutor:
 
     async def cleanup(self, job: JobContext) -> None:
         await asyncio.to_thread(shutil.rmtree, job.workspace, True)
+
+    async def recover(self, job_id: str) -> int:
+        """Kill every process that carries this job's id in its environment (left by a crashed agent)."""
+        return await asyncio.to_thread(_kill_job_processes, job_id)
+
+
+def _kill_job_processes(job_id: str) -> int:
+    marker = ("RUSTCI_JOB_ID", job_id)
+    victims = []
+    for proc in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if proc.pid != os.getpid() and marker in proc.environ().items():
+                victims.append(proc)
+    for proc in victims:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(victims, timeout=5)
+    return len(victims)
 
 
 def _fresh_dir(path: Path) -> None:

@@ -31,7 +31,7 @@ async def heartbeat(request: web.Request) -> web.Response:
     if change.old_status != change.new_status:
         request.app[keys.HUB].publish(events.status_change(change))
     request.app[keys.DISPATCHER].kick(runner_id)
-    return json_response(HeartbeatAck(runner_id=runner_id, status=status))  # type: ignore[arg-type]
+    return json_response(HeartbeatAck(runner_id=runner_id, status=status))
 
 
 async def ingest_events(request: web.Request) -> web.Response:

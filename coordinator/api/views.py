@@ -34,8 +34,8 @@ def runner_view(runner: RunnerRecord, statistics: Statistics | None = None) -> R
     return RunnerView(
         id=runner.id,
         name=runner.name,
-        type=runner.type,  # type: ignore[arg-type]
-        status=runner.status,  # type: ignore[arg-type]
+        type=runner.type,
+        status=runner.status,
         host=runner.host,
         port=runner.port,
         capabilities=runner.capabilities,
@@ -51,7 +51,7 @@ def job_summary(job: JobRecord) -> JobSummary:
     return JobSummary(
         job_id=job.id,
         name=job.spec.name,
-        status=job.status,  # type: ignore[arg-type]
+        status=job.status,
         created_at=from_epoch(job.created_at),
         started_at=_moment(job.started_at),
         completed_at=_moment(job.completed_at),
@@ -69,12 +69,12 @@ def job_detail(job: JobRecord) -> JobDetail:
             status = "cancelled" if job.status == "cancelled" else "pending"
             if job.status in ("completed", "failed", "timed_out") and job.started_at is not None:
                 status = "skipped"
-            steps.append(StepResult(name=spec.name, status=status))  # type: ignore[arg-type]
+            steps.append(StepResult(name=spec.name, status=status))
             continue
         steps.append(
             StepResult(
                 name=step.name,
-                status=step.status,  # type: ignore[arg-type]
+                status=step.status,
                 exit_code=step.exit_code,
                 started_at=_moment(step.started_at),
                 completed_at=_moment(step.completed_at),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -146,7 +147,7 @@ def _job(row: sqlite3.Row) -> JobRecord:
     )
 
 
-_RUNNER_COLUMNS = {
+_RUNNER_COLUMNS: dict[str, Callable[[Any], Any]] = {
     "name": lambda v: v,
     "host": lambda v: v,
     "port": lambda v: v,
@@ -392,6 +393,39 @@ class SqliteStore:
             return [StatusChange("job", r["id"], runner_id, r["status"], "cancelled", now) for r in rows]
 
         return await self.db.run(op)
+
+    async def cancel_held_job(self, job_id: str, reason: str, now: float) -> StatusChange | None:
+        """Cancel a job the coordinator still holds (not yet delivered); ``None`` if an agent has it."""
+
+        def op(conn: sqlite3.Connection) -> StatusChange | None:
+            row = conn.execute(
+                "SELECT runner_id FROM jobs WHERE id = ? AND status = 'queued' AND delivered = 0", (job_id,)
+            ).fetchone()
+            if row is None:
+                return None
+            conn.execute(
+                "UPDATE jobs SET status = 'cancelled', reason = ?, completed_at = ? WHERE id = ?", (reason, now, job_id)
+            )
+            return StatusChange("job", job_id, row["runner_id"], "queued", "cancelled", now)
+
+        return await self.db.run(op)
+
+    async def queue_position(self, runner_id: str, job_id: str) -> tuple[int, list[float]]:
+        """Jobs queued ahead of ``job_id`` on its runner, and the start times of the runner's running jobs."""
+
+        def op(conn: sqlite3.Connection) -> tuple[int, list[float]]:
+            ahead = conn.execute(
+                "SELECT COUNT(*) FROM jobs WHERE runner_id = ? AND status = 'queued'"
+                " AND seq < (SELECT seq FROM jobs WHERE id = ?)",
+                (runner_id, job_id),
+            ).fetchone()[0]
+            running = conn.execute(
+                "SELECT COALESCE(started_at, created_at) FROM jobs WHERE runner_id = ? AND status = 'running'",
+                (runner_id,),
+            ).fetchall()
+            return int(ahead), [float(r[0]) for r in running]
+
+        return await self.db.read(op)
 
     # --- agent events --------------------------------------------------------------------------------------
 
