@@ -231,3 +231,16 @@ async def wait_http_ok(url: str, timeout: float = 15.0) -> None:
 
 
 __all__ = ["API_KEY", "REGISTRATION_KEY", "CoordinatorHandle", "asyncio", "wait_http_ok"]
+
+
+@pytest.fixture(autouse=True)
+async def no_leaked_tasks() -> AsyncIterator[None]:
+    """Fail a test that leaves asyncio tasks running after its fixtures are torn down."""
+    yield
+    current = asyncio.current_task()
+    leftovers = [t for t in asyncio.all_tasks() if t is not current and not t.done()]
+    if leftovers:
+        # Give tasks that are already finishing (cancelled, awaiting their last callback) one loop turn.
+        await asyncio.sleep(0)
+        leftovers = [t for t in leftovers if not t.done()]
+    assert not leftovers, f"tasks leaked by the test: {[t.get_name() for t in leftovers]}"
