@@ -1,0 +1,5 @@
+import sys
+
+from rustci.cli import main
+
+sys.exit(main())

@@ -1,0 +1,261 @@
+"""``RustCIClient``: a synchronous Python client for the coordinator's public API.
+
+One ``requests.Session`` per client, so calls reuse keep-alive connections. Every method returns the parsed
+JSON answer as a dict, like the API reference's SDK example. An error answer raises the typed exception from
+:mod:`shared.errors` (``RunnerNotFound``, ``InvalidRequest``, ...), rebuilt from the error envelope. Bodies
+that have a wire model are validated before they are sent, so a mistake raises ``InvalidRequest`` naming the
+field without a round trip. Network failures raise ``requests.RequestException``.
+
+    client = RustCIClient("http://localhost:8080", api_key="rk_...")
+    runner = client.register_runner({"name": "r1", "type": "native", "host": "localhost", "port": 8081})
+    job = client.submit_job(runner["runner_id"], {"name": "hello", "steps": [{"name": "greet", "run": "echo hi"}]})
+    print(client.wait_for_job(runner["runner_id"], job["job_id"], timeout=60)["status"])
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from types import TracebackType
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import requests
+from pydantic import BaseModel, ValidationError
+
+from shared.errors import InternalError, InvalidRequest, from_envelope
+from shared.models import TERMINAL_JOB_STATUSES, JobSubmission, RunnerRegistration, RunnerUpdate
+
+M = TypeVar("M", bound=BaseModel)
+Body = Mapping[str, Any] | BaseModel
+
+DEFAULT_URL = "http://localhost:8080"
+
+
+class JobWaitTimeout(TimeoutError):
+    """``wait_for_job`` reached its deadline; ``job`` is the last state seen."""
+
+    def __init__(self, message: str, job: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.job = job
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path
+
+
+def _validated(model: type[M], body: Body) -> dict[str, Any]:
+    """The body as the server will read it, or ``InvalidRequest`` naming the first bad field."""
+    try:
+        parsed = body if isinstance(body, model) else model.model_validate(body)
+    except ValidationError as e:
+        errors = e.errors(include_url=False)
+        problems = [{"field": _field_path(tuple(err["loc"])), "message": err["msg"]} for err in errors[:20]]
+        first = problems[0]
+        message = "unknown field" if errors[0]["type"] == "extra_forbidden" else first["message"]
+        raise InvalidRequest(
+            f"Invalid {model.__name__}: {first['field']}: {message}", field=first["field"], errors=problems
+        ) from e
+    return parsed.model_dump(mode="json", exclude_unset=True)
+
+
+def _segment(value: str) -> str:
+    return quote(value, safe="")
+
+
+class RustCIClient:
+    """A client for ``<base_url>/api``; ``api_key`` is sent as the ``X-API-Key`` header."""
+
+    def __init__(self, base_url: str = DEFAULT_URL, api_key: str | None = None, timeout: float = 30.0) -> None:
+        base = base_url.rstrip("/")
+        self.base_url = base.removesuffix("/api")
+        self.api_url = f"{self.base_url}/api"
+        self.timeout = timeout
+        self.session = requests.Session()
+        self.session.headers["Accept"] = "application/json"
+        if api_key:
+            self.session.headers["X-API-Key"] = api_key
+
+    def close(self) -> None:
+        self.session.close()
+
+    def __enter__(self) -> RustCIClient:
+        return self
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.close()
+
+    # --- transport -----------------------------------------------------------------------------------------
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        json_body: Any = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """``method`` on ``/api{path}``; the JSON answer, or the typed error it carries."""
+        query = {k: v for k, v in (params or {}).items() if v is not None}
+        response = self.session.request(
+            method, self.api_url + path, params=query, json=json_body, timeout=timeout or self.timeout
+        )
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if response.status_code >= 400:
+            raise from_envelope(response.status_code, body)
+        if not isinstance(body, dict):
+            raise InternalError(f"{method} {path} answered HTTP {response.status_code} without a JSON object")
+        return body
+
+    # --- coordinator ---------------------------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        """The coordinator's liveness probe (needs no API key)."""
+        return self.request("GET", "/health")
+
+    # --- runners -------------------------------------------------------------------------------------------
+
+    def register_runner(self, registration: Body) -> dict[str, Any]:
+        return self.request("POST", "/runners/register", json_body=_validated(RunnerRegistration, registration))
+
+    def list_runners(
+        self,
+        status: str | None = None,
+        type: str | None = None,
+        tags: Iterable[str] | str | None = None,
+        limit: int | None = None,
+        offset: int | None = None,
+    ) -> dict[str, Any]:
+        tag_list = tags if isinstance(tags, str) or tags is None else ",".join(tags)
+        params = {"status": status, "type": type, "tags": tag_list, "limit": limit, "offset": offset}
+        return self.request("GET", "/runners", params=params)
+
+    def get_runner(self, runner_id: str) -> dict[str, Any]:
+        return self.request("GET", f"/runners/{_segment(runner_id)}")
+
+    def update_runner(self, runner_id: str, update: Body) -> dict[str, Any]:
+        return self.request("PUT", f"/runners/{_segment(runner_id)}", json_body=_validated(RunnerUpdate, update))
+
+    def delete_runner(self, runner_id: str, force: bool = False) -> dict[str, Any]:
+        params = {"force": "true"} if force else None
+        return self.request("DELETE", f"/runners/{_segment(runner_id)}", params=params)
+
+    def get_runner_status(self, runner_id: str) -> dict[str, Any]:
+        return self.request("GET", f"/runners/{_segment(runner_id)}/status")
+
+    def get_runner_health(self, runner_id: str) -> dict[str, Any]:
+        return self.request("GET", f"/runners/{_segment(runner_id)}/health")
+
+    def get_runner_metrics(
+        self, runner_id: str, period: str | None = None, resolution: str | None = None
+    ) -> dict[str, Any]:
+        params = {"period": period, "resolution": resolution}
+        return self.request("GET", f"/runners/{_segment(runner_id)}/metrics", params=params)
+
+    def get_runner_config(self, runner_id: str) -> dict[str, Any]:
+        return self.request("GET", f"/runners/{_segment(runner_id)}/config")
+
+    def update_runner_config(self, runner_id: str, config: Mapping[str, Any]) -> dict[str, Any]:
+        return self.request("PUT", f"/runners/{_segment(runner_id)}/config", json_body=dict(config))
+
+    def start_runner(self, runner_id: str) -> dict[str, Any]:
+        return self.request("POST", f"/runners/{_segment(runner_id)}/start")
+
+    def stop_runner(
+        self, runner_id: str, graceful: bool | None = None, timeout: int | None = None, reason: str | None = None
+    ) -> dict[str, Any]:
+        body = {k: v for k, v in {"graceful": graceful, "timeout": timeout, "reason": reason}.items() if v is not None}
+        return self.request("POST", f"/runners/{_segment(runner_id)}/stop", json_body=body or None)
+
+    def restart_runner(
+        self, runner_id: str, graceful: bool | None = None, timeout: int | None = None
+    ) -> dict[str, Any]:
+        body = {k: v for k, v in {"graceful": graceful, "timeout": timeout}.items() if v is not None}
+        return self.request("POST", f"/runners/{_segment(runner_id)}/restart", json_body=body or None)
+
+    def get_runner_logs(
+        self,
+        runner_id: str,
+        since: str | None = None,
+        until: str | None = None,
+        level: str | None = None,
+        limit: int | None = None,
+    ) -> dict[str, Any]:
+        params = {"since": since, "until": until, "level": level, "limit": limit}
+        return self.request("GET", f"/runners/{_segment(runner_id)}/logs", params=params)
+
+    def follow_runner_logs(
+        self, runner_id: str, since: str | None = None, level: str | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Stream log entries as they arrive (``?follow=true``, Server-Sent Events) until the server closes."""
+        params = {k: v for k, v in {"since": since, "level": level, "follow": "true"}.items() if v is not None}
+        with self.session.get(
+            f"{self.api_url}/runners/{_segment(runner_id)}/logs",
+            params=params,
+            headers={"Accept": "text/event-stream"},
+            stream=True,
+            timeout=(self.timeout, None),
+        ) as response:
+            if response.status_code >= 400:
+                try:
+                    raise from_envelope(response.status_code, response.json())
+                except ValueError:
+                    raise from_envelope(response.status_code, None) from None
+            data: list[str] = []
+            for line in response.iter_lines(decode_unicode=True):
+                if line.startswith("data:"):
+                    data.append(line[5:].removeprefix(" "))
+                elif not line and data:
+                    entry = json.loads("\n".join(data))
+                    data = []
+                    if isinstance(entry, dict):
+                        yield entry
+
+    def bulk(
+        self, operation: str, filters: Mapping[str, Any] | None = None, data: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"operation": operation}
+        if filters is not None:
+            body["filters"] = dict(filters)
+        if data is not None:
+            body["data"] = dict(data)
+        return self.request("POST", "/runners/bulk", json_body=body)
+
+    # --- jobs ----------------------------------------------------------------------------------------------
+
+    def submit_job(self, runner_id: str, job: Body) -> dict[str, Any]:
+        return self.request("POST", f"/runners/{_segment(runner_id)}/jobs", json_body=_validated(JobSubmission, job))
+
+    def list_jobs(
+        self, runner_id: str, status: str | None = None, limit: int | None = None, offset: int | None = None
+    ) -> dict[str, Any]:
+        params = {"status": status, "limit": limit, "offset": offset}
+        return self.request("GET", f"/runners/{_segment(runner_id)}/jobs", params=params)
+
+    def get_job(self, runner_id: str, job_id: str) -> dict[str, Any]:
+        return self.request("GET", f"/runners/{_segment(runner_id)}/jobs/{_segment(job_id)}")
+
+    def cancel_job(self, runner_id: str, job_id: str) -> dict[str, Any]:
+        return self.request("POST", f"/runners/{_segment(runner_id)}/jobs/{_segment(job_id)}/cancel")
+
+    def wait_for_job(self, runner_id: str, job_id: str, timeout: float = 300.0) -> dict[str, Any]:
+        """Poll the job until it is completed, failed, timed out or cancelled; ``JobWaitTimeout`` after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        interval = 0.02
+        while True:
+            job = self.get_job(runner_id, job_id)
+            if job.get("status") in TERMINAL_JOB_STATUSES:
+                return job
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise JobWaitTimeout(f"job {job_id} is still {job.get('status')} after {timeout}s", job)
+            time.sleep(min(interval, remaining))
+            interval = min(interval * 2, 1.0)
