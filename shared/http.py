@@ -108,6 +108,8 @@ async def read_json(request: web.Request, *, optional: bool = False) -> Any:
         return json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise InvalidRequest(f"Malformed JSON in request body: {e}", field=None) from e
+    except RecursionError as e:
+        raise InvalidRequest("Malformed JSON in request body: nested too deeply", field=None) from e
 
 
 async def parse_body(request: web.Request, model: type[M], *, optional: bool = False) -> M:

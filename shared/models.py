@@ -58,7 +58,7 @@ class RunnerRegistration(Request):
     name: str = Field(min_length=1, max_length=128, pattern=NAME_PATTERN)
     type: RunnerType
     host: str = Field(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9.:\[\]_-]+$")
-    port: int = Field(ge=1, le=65535)
+    port: int = Field(ge=1, le=65535, strict=True)  # strict: neither true nor "8081" is a port
     capabilities: list[Label] = Field(default_factory=list, max_length=64)
     metadata: dict[str, Any] = Field(default_factory=dict, max_length=64)
     tags: list[Label] = Field(default_factory=list, max_length=64)
@@ -70,7 +70,7 @@ class RunnerUpdate(Request):
 
     name: str | None = Field(default=None, min_length=1, max_length=128, pattern=NAME_PATTERN)
     host: str | None = Field(default=None, min_length=1, max_length=255, pattern=r"^[A-Za-z0-9.:\[\]_-]+$")
-    port: int | None = Field(default=None, ge=1, le=65535)
+    port: int | None = Field(default=None, ge=1, le=65535, strict=True)
     capabilities: list[Label] | None = Field(default=None, max_length=64)
     metadata: dict[str, Any] | None = Field(default=None, max_length=64)
     tags: list[Label] | None = Field(default=None, max_length=64)
