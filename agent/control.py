@@ -20,6 +20,13 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
+STOPPED_KEY = "runner_stopped"
+
+
+async def stopped_before(agent: Agent) -> bool:
+    """Whether the runner was stopped (by the API) when the agent last ran."""
+    return await agent.store.setting(STOPPED_KEY) == "1"
+
 
 class RunnerControl:
     def __init__(self, agent: Agent) -> None:
@@ -32,6 +39,7 @@ class RunnerControl:
         timeout = request.timeout if request.timeout is not None else agent.config.shutdown_timeout
         agent.state = "stopped"
         agent.supervisor.accepting = False
+        await agent.store.set_setting(STOPPED_KEY, "1")  # a stopped runner stays stopped across restarts
         log.info("runner stopping", graceful=request.graceful, timeout=timeout, reason=reason)
         if request.graceful:
             self._replace(agent.supervisor.drain(timeout, reason=f"{reason} (graceful stop timed out)"))
@@ -55,6 +63,7 @@ class RunnerControl:
 
     async def _start(self) -> None:
         agent = self._agent
+        await agent.store.set_setting(STOPPED_KEY, "0")
         await agent.send_heartbeat()  # let the coordinator show "starting" while it lasts
         await agent.check_executor()
         agent.state = "running"

@@ -17,8 +17,8 @@ import structlog
 from aiohttp import web
 
 from agent import config as config_module
+from agent import control, sysinfo
 from agent import identity as identity_store
-from agent import sysinfo
 from agent.api import make_api
 from agent.config import AgentConfig
 from agent.control import RunnerControl
@@ -172,7 +172,12 @@ class Agent:
         structlog.contextvars.bind_contextvars(runner_id=self._identity.runner_id)
         await self.runtime.load()
         await self.supervisor.resume(self.executor.recover)
-        self.state = "running"
+        if await control.stopped_before(self):
+            log.info("runner was stopped before the agent restarted; it stays stopped until started")
+            self.state = "stopped"
+            self.supervisor.accepting = False
+        else:
+            self.state = "running"
         self._tasks.spawn(self.outbox.run_writer(), "log-writer")
         self._tasks.spawn(self.shipper.run(), "shipper")
         self._tasks.spawn(self.supervisor.run(), "supervisor")
