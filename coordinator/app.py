@@ -63,6 +63,7 @@ def make_app(config: CoordinatorConfig) -> web.Application:
     app = web.Application(client_max_size=config.max_body_bytes)
     app[keys.CONFIG] = config
     app[keys.CREDENTIALS] = auth.load_credentials(config)
+    app[keys.RUNNER_TOKENS] = auth.TokenCache()
     setup_middlewares(app)
     setup_routes(app)
     app.cleanup_ctx.extend([_store, _agents, _hub, _dispatcher, _background])

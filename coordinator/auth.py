@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hmac
 import os
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +56,32 @@ def load_credentials(config: CoordinatorConfig) -> Credentials:
             config.state_dir / "registration-key", config.auth.registration_key, "registration"
         ),
     )
+
+
+class TokenCache:
+    """Runner tokens by runner id, so agents' frequent calls skip a store read.
+
+    A token never changes for a runner id; only deletion invalidates it. Entries expire after ``ttl``
+    seconds, which bounds how long another coordinator's deletion of a runner can go unnoticed here.
+    """
+
+    def __init__(self, ttl: float = 30.0) -> None:
+        self._ttl = ttl
+        self._tokens: dict[str, tuple[str, float]] = {}
+
+    def get(self, runner_id: str) -> str | None:
+        entry = self._tokens.get(runner_id)
+        if entry is None or entry[1] < time.monotonic():
+            return None
+        return entry[0]
+
+    def put(self, runner_id: str, token: str) -> None:
+        if len(self._tokens) > 100_000:
+            self._tokens.clear()  # bounded memory; a cold cache only costs store reads
+        self._tokens[runner_id] = (token, time.monotonic() + self._ttl)
+
+    def forget(self, runner_id: str) -> None:
+        self._tokens.pop(runner_id, None)
 
 
 def _presented(request: web.Request) -> str | None:

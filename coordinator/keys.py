@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 if TYPE_CHECKING:
-    from coordinator.auth import Credentials, Principal
+    from coordinator.auth import Credentials, Principal, TokenCache
     from coordinator.config import CoordinatorConfig
     from coordinator.dispatch import Dispatcher
     from coordinator.hub import Hub
@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
 CONFIG: web.AppKey[CoordinatorConfig] = web.AppKey("config")
 CREDENTIALS: web.AppKey[Credentials] = web.AppKey("credentials")
+RUNNER_TOKENS: web.AppKey[TokenCache] = web.AppKey("runner_tokens")
 STORE: web.AppKey[Store] = web.AppKey("store")
 AGENTS: web.AppKey[AgentClient] = web.AppKey("agents")
 DISPATCHER: web.AppKey[Dispatcher] = web.AppKey("dispatcher")

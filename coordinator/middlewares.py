@@ -19,10 +19,17 @@ async def auth_middleware(request: web.Request, handler: Any) -> web.StreamRespo
         response: web.StreamResponse = await handler(request)
         return response
     store = request.app[keys.STORE]
+    cache = request.app[keys.RUNNER_TOKENS]
 
     async def runner_token(runner_id: str) -> str | None:
-        runner = await store.get_runner(runner_id)
-        return runner.token if runner else None
+        token = cache.get(runner_id)
+        if token is None:
+            runner = await store.get_runner(runner_id)
+            if runner is None:
+                return None
+            token = runner.token
+            cache.put(runner_id, token)
+        return token
 
     principal = await auth.authenticate(request, request.app[keys.CREDENTIALS], runner_token)
     auth.authorize(request, principal)

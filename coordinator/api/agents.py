@@ -37,10 +37,10 @@ async def heartbeat(request: web.Request) -> web.Response:
 async def ingest_events(request: web.Request) -> web.Response:
     runner_id = request.match_info["runner_id"]
     batch = await parse_body(request, EventBatch)
-    store = request.app[keys.STORE]
-    if await store.get_runner(runner_id) is None:
+    applied = await request.app[keys.STORE].apply_events(runner_id, batch.events)
+    if applied is None:
         raise RunnerNotFound(runner_id)
-    acked, changes = await store.apply_events(runner_id, batch.events)
+    acked, changes = applied
     hub = request.app[keys.HUB]
     for change in changes:
         hub.publish(events.status_change(change))

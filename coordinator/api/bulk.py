@@ -31,6 +31,7 @@ async def _delete(app: web.Application, runner: RunnerRecord, force: bool) -> No
     for change in await store.cancel_open_jobs(runner.id, "runner deleted", now):
         app[keys.HUB].publish(events.status_change(change))
     await store.delete_runner(runner.id)
+    app[keys.RUNNER_TOKENS].forget(runner.id)
     app[keys.HUB].publish(events.runner_event("runner_deleted", runner.id, now))
 
 

@@ -136,6 +136,7 @@ async def delete_runner(request: web.Request) -> web.Response:
         for change in await store.cancel_open_jobs(runner.id, "runner deleted", now):
             hub.publish(events.status_change(change))
     await store.delete_runner(runner.id)
+    request.app[keys.RUNNER_TOKENS].forget(runner.id)
     log.info("runner deleted", runner_id=runner.id, cancelled_jobs=open_jobs)
     hub.publish(events.runner_event("runner_deleted", runner.id, now))
     return json_response(Ok(message="Runner deleted successfully"))

@@ -429,17 +429,17 @@ class SqliteStore:
 
     # --- agent events --------------------------------------------------------------------------------------
 
-    async def apply_events(self, runner_id: str, events: list[AgentEvent]) -> tuple[int, list[StatusChange]]:
+    async def apply_events(self, runner_id: str, events: list[AgentEvent]) -> tuple[int, list[StatusChange]] | None:
         """Apply the events past the runner's high-water mark, in order, and advance it, atomically.
 
         Events at or below the mark were applied before (the agent resent them because an acknowledgement was
         lost), so resending is always safe and each event takes effect exactly once.
         """
 
-        def op(conn: sqlite3.Connection) -> tuple[int, list[StatusChange]]:
+        def op(conn: sqlite3.Connection) -> tuple[int, list[StatusChange]] | None:
             row = conn.execute("SELECT event_seq FROM runners WHERE id = ?", (runner_id,)).fetchone()
             if row is None:
-                return 0, []
+                return None
             mark = int(row["event_seq"])
             changes: list[StatusChange] = []
             logs: list[tuple[Any, ...]] = []
