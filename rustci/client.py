@@ -25,7 +25,16 @@ import requests
 from pydantic import BaseModel, ValidationError
 
 from shared.errors import InternalError, InvalidRequest, from_envelope
-from shared.models import TERMINAL_JOB_STATUSES, JobSubmission, RunnerRegistration, RunnerUpdate
+from shared.models import (
+    TERMINAL_JOB_STATUSES,
+    BulkRequest,
+    JobSubmission,
+    RestartRequest,
+    RunnerConfigUpdate,
+    RunnerRegistration,
+    RunnerUpdate,
+    StopRequest,
+)
 
 M = TypeVar("M", bound=BaseModel)
 Body = Mapping[str, Any] | BaseModel
@@ -163,22 +172,26 @@ class RustCIClient:
     def get_runner_config(self, runner_id: str) -> dict[str, Any]:
         return self.request("GET", f"/runners/{_segment(runner_id)}/config")
 
-    def update_runner_config(self, runner_id: str, config: Mapping[str, Any]) -> dict[str, Any]:
-        return self.request("PUT", f"/runners/{_segment(runner_id)}/config", json_body=dict(config))
+    def update_runner_config(self, runner_id: str, config: Body) -> dict[str, Any]:
+        body = _validated(RunnerConfigUpdate, config)
+        return self.request("PUT", f"/runners/{_segment(runner_id)}/config", json_body=body)
 
     def start_runner(self, runner_id: str) -> dict[str, Any]:
         return self.request("POST", f"/runners/{_segment(runner_id)}/start")
 
     def stop_runner(
-        self, runner_id: str, graceful: bool | None = None, timeout: int | None = None, reason: str | None = None
+        self, runner_id: str, graceful: bool | None = None, timeout: float | None = None, reason: str | None = None
     ) -> dict[str, Any]:
-        body = {k: v for k, v in {"graceful": graceful, "timeout": timeout, "reason": reason}.items() if v is not None}
+        """Graceful (default) lets running jobs finish within ``timeout`` seconds, then cancels them."""
+        options = {"graceful": graceful, "timeout": timeout, "reason": reason}
+        body = _validated(StopRequest, {k: v for k, v in options.items() if v is not None})
         return self.request("POST", f"/runners/{_segment(runner_id)}/stop", json_body=body or None)
 
     def restart_runner(
-        self, runner_id: str, graceful: bool | None = None, timeout: int | None = None
+        self, runner_id: str, graceful: bool | None = None, timeout: float | None = None
     ) -> dict[str, Any]:
-        body = {k: v for k, v in {"graceful": graceful, "timeout": timeout}.items() if v is not None}
+        options = {"graceful": graceful, "timeout": timeout}
+        body = _validated(RestartRequest, {k: v for k, v in options.items() if v is not None})
         return self.request("POST", f"/runners/{_segment(runner_id)}/restart", json_body=body or None)
 
     def get_runner_logs(
@@ -222,12 +235,13 @@ class RustCIClient:
     def bulk(
         self, operation: str, filters: Mapping[str, Any] | None = None, data: Mapping[str, Any] | None = None
     ) -> dict[str, Any]:
-        body: dict[str, Any] = {"operation": operation}
+        """``operation`` (update_config, start, stop, restart, delete) on every runner matching ``filters``."""
+        request: dict[str, Any] = {"operation": operation}
         if filters is not None:
-            body["filters"] = dict(filters)
+            request["filters"] = dict(filters)
         if data is not None:
-            body["data"] = dict(data)
-        return self.request("POST", "/runners/bulk", json_body=body)
+            request["data"] = dict(data)
+        return self.request("POST", "/runners/bulk", json_body=_validated(BulkRequest, request))
 
     # --- jobs ----------------------------------------------------------------------------------------------
 

@@ -33,6 +33,7 @@ from coordinator import config as coordinator_config
 from rustci.client import RustCIClient
 from shared.config import ConfigError, load_settings
 from shared.errors import ApiError
+from shared.timeutil import parse_iso
 
 T = TypeVar("T")
 
@@ -289,6 +290,7 @@ class Launcher:
     stop_requested: asyncio.Event = field(default_factory=asyncio.Event)
     signals_seen: int = 0
     last_problem: str = ""
+    agent_started: float = 0.0
 
     def __post_init__(self) -> None:
         self.client = RustCIClient(self.plan.coordinator_url, timeout=PROBE_TIMEOUT)
@@ -343,12 +345,13 @@ class Launcher:
         self.client.session.headers["X-API-Key"] = api_key
         plan.agent_env["RUSTCI_REGISTRATION_KEY"] = registration_key
         # 3. The agent, until its runner shows as active on the coordinator.
+        self.agent_started = time.time()
         await self._start("agent", plan.agent_args, plan.agent_env)
-        active = self._poll(self._runner_active)
-        runner_id = await self._watch(active, "the local agent's runner to become active", self.startup_timeout)
-        if not runner_id:
+        ready = self._poll(self._runner_ready)
+        runner = await self._watch(ready, "the local agent's runner to become active", self.startup_timeout)
+        if not runner:
             return
-        self._announce(api_key, runner_id)
+        self._announce(api_key, runner)
         # 4. Until Ctrl-C / SIGTERM, or until a child dies.
         await self._watch(None, "a stop signal", timeout=None)
 
@@ -404,7 +407,9 @@ class Launcher:
             self.last_problem = f"GET {self.client.api_url}/health: {e}"
             return None
 
-    def _runner_active(self) -> str | None:
+    def _runner_ready(self) -> dict[str, Any] | None:
+        """The local runner once this agent has reported to the coordinator: ``active``, or ``stopped`` when it
+        was stopped through the API before (a stopped runner stays stopped across restarts)."""
         try:
             # The agent says its runner id once it has registered (or re-announced the one it keeps).
             answer = self.client.session.get(self.plan.agent_health_url, timeout=PROBE_TIMEOUT).json()
@@ -412,19 +417,23 @@ class Launcher:
             if not runner_id:
                 self.last_problem = "the agent has not registered yet"
                 return None
-            status = self.client.get_runner(str(runner_id)).get("status")
+            runner = self.client.get_runner(str(runner_id))
+            # A status recorded before this agent started may be stale: wait for this agent's own report.
+            last_seen = parse_iso(str(runner.get("metadata", {}).get("last_seen"))).timestamp()
         except (requests.RequestException, ValueError, ApiError) as e:
             self.last_problem = str(e)
             return None
-        if status != "active":
+        status = runner.get("status")
+        if last_seen < self.agent_started or status not in ("active", "stopped"):
             self.last_problem = f"runner {runner_id} is {status}"
             return None
-        return str(runner_id)
+        return runner
 
     # --- banner and shutdown -------------------------------------------------------------------------------
 
-    def _announce(self, api_key: str, runner_id: str) -> None:
+    def _announce(self, api_key: str, runner: dict[str, Any]) -> None:
         url = self.plan.public_api_url
+        runner_id = runner["id"]
         pids = ", ".join(f"{child.name} pid {child.pid}" for child in self.children)
         job = '{"name": "hello", "steps": [{"name": "greet", "run": "echo Hello"}]}'
         lines = [
@@ -434,6 +443,7 @@ class Launcher:
             f"  API URL:        {url}",
             f"  Admin API key:  {api_key}",
             f"  Runner id:      {runner_id}",
+            f"  Runner status:  {runner['status']}",
             f"  Processes:      {pids}",
             f"  State:          {self.plan.coordinator.state_dir}, {self.plan.agent.state_dir}",
             "",
@@ -443,6 +453,12 @@ class Launcher:
             f"       -d '{job}' {url}/runners/{runner_id}/jobs",
             "",
         ]
+        if runner["status"] == "stopped":
+            lines += [
+                "The runner was stopped through the API and stays stopped until started:",
+                f'  curl -X POST -H "X-API-Key: {api_key}" {url}/runners/{runner_id}/start',
+                "",
+            ]
         print("\n".join(lines), file=self.out, flush=True)
 
     async def _stop_all(self) -> None:
