@@ -4,16 +4,21 @@ A job is the coordinator's until its agent acknowledges it (after storing it). E
 delivery worker, woken on submit and on every heartbeat; it hands over the runner's undelivered jobs in
 submission order and stops at the first failure, leaving the rest held as ``queued`` for the next wake-up.
 Delivery is idempotent by job id on the agent, so a lost acknowledgement only costs a resend.
+
+Fast path: while a runner is known to have nothing held (the last scan of its undelivered jobs found none
+and no delivery failed since), a freshly submitted job is pushed straight from memory, without reading the
+store again; any doubt (a failure, a coordinator restart) falls back to scanning the store in order.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 
 import structlog
 
 from coordinator.proxy import AgentClient
-from coordinator.store.base import Store
+from coordinator.store.base import JobRecord, RunnerRecord, Store
 from shared.errors import ApiError
 from shared.models import JobAssignment
 from shared.tasks import TaskSet
@@ -22,6 +27,7 @@ from shared.timeutil import from_epoch
 log = structlog.get_logger(__name__)
 
 BATCH = 100
+HELD_STATUSES = ("stopped", "restarting")
 
 
 class Dispatcher:
@@ -31,6 +37,16 @@ class Dispatcher:
         self._tasks = TaskSet("dispatch")
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._pending: set[str] = set()
+        self._clean: set[str] = set()  # runners whose only undelivered jobs are in ``_fresh``
+        self._fresh: dict[str, deque[JobRecord]] = {}
+        self._runners: dict[str, RunnerRecord] = {}
+
+    def submitted(self, runner: RunnerRecord, job: JobRecord) -> None:
+        """A job was just stored for ``runner``: deliver it (and anything held before it) now."""
+        if runner.id in self._clean:
+            self._fresh.setdefault(runner.id, deque()).append(job)
+            self._runners[runner.id] = runner
+        self.kick(runner.id)
 
     def kick(self, runner_id: str) -> None:
         """Deliver the runner's held jobs soon. Cheap and safe to call any number of times."""
@@ -42,30 +58,59 @@ class Dispatcher:
         try:
             while runner_id in self._pending:
                 self._pending.discard(runner_id)
-                runner = await self._store.get_runner(runner_id)
-                if runner is None or runner.status in ("stopped", "restarting"):
-                    return  # held until the runner starts again
-                jobs = await self._store.undelivered_jobs(runner_id, BATCH)
-                for job in jobs:
-                    assignment = JobAssignment(
-                        job_id=job.id, runner_id=runner_id, created_at=from_epoch(job.created_at), spec=job.spec
-                    )
-                    try:
-                        await self._agents.call(runner, "POST", "/jobs", assignment.model_dump(mode="json"))
-                    except ApiError as e:
-                        log.info(
-                            "job held: agent did not take it",
-                            runner_id=runner_id,
-                            job_id=job.id,
-                            code=e.code,
-                            reason=e.message,
-                        )
+                fresh = self._fresh.pop(runner_id, None)
+                runner = self._runners.pop(runner_id, None)
+                if fresh and runner is not None and runner_id in self._clean:
+                    if not await self._push_all(runner, list(fresh)):
                         return
-                    await self._store.mark_delivered(job.id)
-                if len(jobs) == BATCH:
-                    self._pending.add(runner_id)
+                    continue
+                if not await self._scan(runner_id):
+                    return
         finally:
             self._workers.pop(runner_id, None)
+
+    async def _scan(self, runner_id: str) -> bool:
+        """Deliver the runner's undelivered jobs from the store, oldest first; ``False`` on a failure."""
+        self._clean.discard(runner_id)
+        self._fresh.pop(runner_id, None)  # the scan covers them: they are stored before they are queued here
+        runner = await self._store.get_runner(runner_id)
+        if runner is None or runner.status in HELD_STATUSES:
+            return False  # held until the runner starts again
+        jobs = await self._store.undelivered_jobs(runner_id, BATCH)
+        if not await self._push_all(runner, jobs):
+            return False
+        if len(jobs) == BATCH:
+            self._pending.add(runner_id)
+        else:
+            self._clean.add(runner_id)
+        return True
+
+    async def _push_all(self, runner: RunnerRecord, jobs: list[JobRecord]) -> bool:
+        for job in jobs:
+            if not await self._push(runner, job):
+                self._clean.discard(runner.id)
+                self._fresh.pop(runner.id, None)
+                return False
+        return True
+
+    async def _push(self, runner: RunnerRecord, job: JobRecord) -> bool:
+        assignment = JobAssignment(
+            job_id=job.id, runner_id=runner.id, created_at=from_epoch(job.created_at), spec=job.spec
+        )
+        try:
+            await self._agents.call(runner, "POST", "/jobs", assignment.model_dump(mode="json"))
+        except ApiError as e:
+            log.info(
+                "job held: agent did not take it", runner_id=runner.id, job_id=job.id, code=e.code, reason=e.message
+            )
+            return False
+        if await self._store.mark_delivered(job.id) == "cancelled":
+            # Cancelled on the coordinator while the push was in flight: the agent has it now, so tell it.
+            try:
+                await self._agents.call(runner, "POST", f"/jobs/{job.id}/cancel")
+            except ApiError as e:
+                log.warning("could not pass a cancel on to the agent", job_id=job.id, code=e.code)
+        return True
 
     async def close(self) -> None:
         await self._tasks.close()

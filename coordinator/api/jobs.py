@@ -28,7 +28,7 @@ async def submit_job(request: web.Request) -> web.Response:
     job = JobRecord(id=ids.new_job_id(), runner_id=runner.id, spec=spec, status="queued", created_at=time.time())
     await request.app[keys.STORE].insert_job(job)
     # Recorded first, then pushed: the job is safe here whether or not the agent takes it now.
-    request.app[keys.DISPATCHER].kick(runner.id)
+    request.app[keys.DISPATCHER].submitted(runner, job)
     log.info("job accepted", runner_id=runner.id, job_id=job.id, steps=len(spec.steps))
     response = JobSubmitResponse(
         job_id=job.id, runner_id=runner.id, status="queued", estimated_start_time=await _estimate(request, runner, job)

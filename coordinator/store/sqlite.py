@@ -365,11 +365,15 @@ class SqliteStore:
 
         return await self.db.read(op)
 
-    async def mark_delivered(self, job_id: str) -> None:
-        def op(conn: sqlite3.Connection) -> None:
-            conn.execute("UPDATE jobs SET delivered = 1 WHERE id = ?", (job_id,))
+    async def mark_delivered(self, job_id: str) -> str | None:
+        """Record that the agent took the job; returns the job's status (``None`` if it no longer exists)."""
 
-        await self.db.run(op)
+        def op(conn: sqlite3.Connection) -> str | None:
+            conn.execute("UPDATE jobs SET delivered = 1 WHERE id = ?", (job_id,))
+            row = conn.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            return str(row["status"]) if row else None
+
+        return await self.db.run(op)
 
     async def open_job_count(self, runner_id: str) -> int:
         def op(conn: sqlite3.Connection) -> int:
