@@ -36,7 +36,9 @@ def _set_path(tree: dict[str, Any], path: str, value: str) -> None:
             child = {}
             node[key] = child
         node = child
-    node[leaf] = yaml.safe_load(value) if value.strip() else value
+    # The text as given: the settings model converts it to the field's type. Parsing it as YAML first would turn
+    # a runner named "2024" or "yes", or an all-digit key, into a number or a boolean and refuse it.
+    node[leaf] = value
 
 
 def _model_at(model: type[BaseModel], loc: tuple[int | str, ...]) -> type[BaseModel] | None:
