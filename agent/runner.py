@@ -6,6 +6,7 @@ The job's outcome is reported exactly once, shielded from cancellation, after th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from dataclasses import dataclass
@@ -170,6 +171,10 @@ class JobRunner:
     async def _cleanup(self, context: JobContext, bound: Any) -> None:
         try:
             await self.executor.cleanup(context)
+            # The attempt's workspace is ``<workspaces>/<job_id>/<attempt>``: once no attempt of the job is kept,
+            # its directory goes too, so the workspaces directory does not fill with one empty entry per job.
+            with contextlib.suppress(OSError):
+                context.workspace.parent.rmdir()
         except Exception:
             bound.exception("workspace cleanup failed")
 

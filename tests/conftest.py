@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from agent.daemon import Agent
 from coordinator import keys
 from coordinator.app import make_app
 from coordinator.config import CoordinatorConfig
-from tests.helpers import Api, DaemonProcess, free_port, wait_for
+from tests.helpers import Api, DaemonProcess, ProcessMarker, free_port, wait_for
 
 API_KEY = "test-admin-key-0123456789abcdef"
 REGISTRATION_KEY = "test-registration-key-0123456789"
@@ -244,3 +244,21 @@ async def no_leaked_tasks() -> AsyncIterator[None]:
         await asyncio.sleep(0)
         leftovers = [t for t in leftovers if not t.done()]
     assert not leftovers, f"tasks leaked by the test: {[t.get_name() for t in leftovers]}"
+
+
+@pytest.fixture
+def process_marker() -> Iterator[Callable[[], ProcessMarker]]:
+    """``marker = process_marker()``: a unique marker for a job's processes; leftovers are killed by PID at teardown
+    (after the test made its own assertions about them)."""
+    markers: list[ProcessMarker] = []
+
+    def make() -> ProcessMarker:
+        marker = ProcessMarker()
+        markers.append(marker)
+        return marker
+
+    try:
+        yield make
+    finally:
+        for marker in markers:
+            marker.kill()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
+import re
 import signal
 import socket
 import subprocess
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
+import psutil
 
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parent.parent
@@ -208,3 +211,75 @@ def assert_error(status: int, body: Any, http_status: int, code: str, **details:
     for key, value in details.items():
         assert error["details"].get(key) == value, (key, body)
     return dict(error)
+
+
+# --- finding a job's processes on this host (timeout, cancel and crash tests) ------------------------------------
+
+
+class ProcessMarker:
+    """A number no other process has in its command line, to find a job's processes by with psutil.
+
+    ``marker.sleep(i)`` is the shell command ``sleep <token><i>``: whole seconds (eight digits, below 2**31, so
+    busybox's ``sleep`` takes it too), about a year, so it never ends by itself. :meth:`alive` lists the live
+    processes whose command line holds one of those numbers: the sleeps and the step's shell that started them.
+    """
+
+    def __init__(self) -> None:
+        self.token = str(random.randint(1_000_000, 9_999_999))
+        self._pattern = re.compile(rf"(?<![0-9]){self.token}[0-9](?![0-9])")
+
+    def sleep(self, i: int = 0) -> str:
+        return f"sleep {self.token}{i}"
+
+    def background(self) -> str:
+        """A step that leaves work behind it: a background sleep, a ``nohup`` one and a foreground one."""
+        return f"{self.sleep(1)} & nohup {self.sleep(2)} >/dev/null 2>&1 & {self.sleep(3)}"
+
+    def alive(self) -> list[psutil.Process]:
+        found = []
+        for proc in psutil.process_iter(["cmdline", "status"]):
+            if proc.info["status"] == psutil.STATUS_ZOMBIE:
+                continue
+            if self._pattern.search(" ".join(proc.info["cmdline"] or ())):
+                found.append(proc)
+        return found
+
+    def describe(self) -> list[str]:
+        return [f"{p.pid}: {' '.join(p.info['cmdline'] or ())}" for p in self.alive()]
+
+    async def wait_running(self, count: int = 1, timeout: float = 10.0) -> None:
+        """Until at least ``count`` processes carry the marker (the step really started them)."""
+
+        async def probe() -> bool:
+            return len(self.alive()) >= count
+
+        await wait_for(probe, timeout, what=f"{count} process(es) with marker {self.token}")
+
+    async def assert_gone(self, timeout: float = 2.0) -> None:
+        """No process of the job survives (polled briefly: a SIGKILLed process takes a moment to vanish)."""
+
+        async def probe() -> bool:
+            return not self.alive()
+
+        try:
+            await wait_for(probe, timeout, what=f"processes with marker {self.token} to end")
+        except AssertionError:
+            raise AssertionError(f"processes of the job survived: {self.describe()}") from None
+
+    def kill(self) -> None:
+        """Teardown hygiene: end whatever still carries the marker, by PID."""
+        victims = self.alive()
+        for proc in victims:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        psutil.wait_procs(victims, timeout=5)
+
+
+async def submit_job(api: Api, runner_id: str, name: str, *runs: str, **fields: Any) -> str:
+    """Submit a job whose steps run ``runs`` in order (steps named ``s0``, ``s1``...); ``fields`` are added as is
+    (``steps=[...]`` replaces the generated ones). Returns the job id."""
+    body: dict[str, Any] = {"name": name, "steps": [{"name": f"s{i}", "run": run} for i, run in enumerate(runs)]}
+    body.update(fields)
+    status, answer = await api.post(f"/runners/{runner_id}/jobs", body)
+    assert status == 201, answer
+    return str(answer["job_id"])
