@@ -11,8 +11,8 @@ JOB_PREFIX = "job_"
 TOKEN_PREFIX = "reg_token_"
 
 _UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
-RUNNER_ID_RE = re.compile(rf"^{RUNNER_PREFIX}{_UUID}$")
-JOB_ID_RE = re.compile(rf"^{JOB_PREFIX}{_UUID}$")
+RUNNER_ID_RE = re.compile(rf"^{RUNNER_PREFIX}{_UUID}\Z")  # \Z: "$" would also match before a final newline
+JOB_ID_RE = re.compile(rf"^{JOB_PREFIX}{_UUID}\Z")
 
 
 def new_runner_id() -> str:
