@@ -35,6 +35,7 @@ from bench.common import (
     BenchError,
     Cluster,
     Summary,
+    busy_host_warning_from,
     cluster,
     host_info,
     ratio,
@@ -104,7 +105,7 @@ class Watcher:
             async with asyncio.timeout(timeout):
                 return await waiter
         except TimeoutError:
-            raise BenchError(f"job {job_id} did not finish within {timeout:.1f}s") from None
+            raise BenchError(f"time budget exhausted waiting for job {job_id} to complete") from None
         finally:
             self.waiters.pop(job_id, None)
 
@@ -122,7 +123,7 @@ async def submit_one(
     job_id = str(body["job_id"])
     remaining = deadline - time.perf_counter()
     if remaining <= 0:
-        raise BenchError("time budget exhausted")
+        raise BenchError(f"time budget exhausted after submitting job {job_id}")
     status = await watcher.wait_terminal(job_id, remaining)
     marks = watcher.seen.pop(job_id, {})
     times.status = status
@@ -134,6 +135,7 @@ async def submit_one(
 
 
 async def measure(args: argparse.Namespace) -> dict[str, Any]:
+    host = host_info()  # before the daemons start: the load average says whether other work shares the host
     async with cluster(log_level=args.log_level, keep_state=args.keep_state) as c:
         connector = aiohttp.TCPConnector(limit=4, keepalive_timeout=120)
         async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as session:
@@ -192,7 +194,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             "submit_to_completed_over_http_rtt": round(ratio(headline.p50, results["http_rtt_health"].p50), 2),
             "submit_to_completed_over_target": round(ratio(headline.p50, TARGET_P50_MS), 2),
         },
-        "host": host_info(),
+        "host": host,
         "_summaries": results,
     }
 
@@ -210,6 +212,7 @@ LABELS = {
 def render(report: dict[str, Any]) -> str:
     summaries: dict[str, Summary] = report["_summaries"]
     r = report["ratios_p50"]
+    host = report["host"]
     lines = [
         f"submit latency: {report['jobs']} sequential one-step jobs (run: true), {report['warmup']} warm-up, "
         f"1 coordinator + 1 agent on loopback",
@@ -219,7 +222,11 @@ def render(report: dict[str, Any]) -> str:
         f"p50 ratios: submit→completed / spawn = {r['submit_to_completed_over_spawn']:.1f}x, "
         f"/ HTTP RTT = {r['submit_to_completed_over_http_rtt']:.1f}x, "
         f"/ {TARGET_P50_MS:g} ms target = {r['submit_to_completed_over_target']:.1f}x",
+        f"host: {host['cpus']} CPUs, load {host['load_average_1m']}, Python {host['python']}, git {host['git']}",
     ]
+    warning = busy_host_warning_from(host)
+    if warning:
+        lines.append(warning)
     return "\n".join(lines)
 
 

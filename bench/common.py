@@ -310,8 +310,38 @@ def host_info() -> dict[str, Any]:
         "implementation": platform.python_implementation(),
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
+        "load_average_1m": round(os.getloadavg()[0], 2),
         "aiohttp": _aiohttp.__version__,
+        "git": git_revision(),
     }
+
+
+def git_revision() -> str | None:
+    """The checkout's commit (``+dirty`` when tracked files differ), or None outside a git checkout."""
+    try:
+        rev = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5
+        )
+        if rev.returncode != 0:
+            return None
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def busy_host_warning_from(host: dict[str, Any], cpus_busy_threshold: float = 0.5) -> str | None:
+    """A warning when other work was loading the host (per ``host_info``): latency figures are then noisy."""
+    load = float(host.get("load_average_1m") or 0.0)
+    cpus = int(host.get("cpus") or 1)
+    if load / cpus > cpus_busy_threshold:
+        return f"warning: host load average {load:.2f} on {cpus} CPUs before the run; latency figures will be noisy"
+    return None
 
 
 # --- subprocess baseline ----------------------------------------------------------------------------------
