@@ -20,7 +20,10 @@ def estimated_start(
         return now  # a slot is free for it already
     if not average or average <= 0:
         return None
-    free_at = [max(started + average, now) for started in running_started] + [now] * free_now
+    ends = sorted(max(started + average, now) for started in running_started)
+    # With more jobs running than slots (the limit was lowered while they ran), the first ends free no slot:
+    # a slot frees only once fewer than ``slots`` run, so the slots free at the last ``slots`` ends.
+    free_at = ends[max(len(ends) - slots, 0) :] + [now] * free_now
     heapq.heapify(free_at)
     for _ in range(queued_ahead):
         heapq.heappush(free_at, heapq.heappop(free_at) + average)
