@@ -46,7 +46,10 @@ class AgentClient:
         if self._session is None:
             raise RuntimeError("AgentClient.start() was not awaited")
         url = self.base_url(runner) + path
-        request_timeout = aiohttp.ClientTimeout(total=timeout) if timeout else None
+        # Always explicit: aiohttp takes ``timeout=None`` as "no timeout at all", not as the session's default.
+        request_timeout = aiohttp.ClientTimeout(
+            total=timeout or self._settings.request_timeout, sock_connect=self._settings.connect_timeout
+        )
         try:
             async with self._session.request(
                 method,

@@ -3,14 +3,19 @@ authorization, unknown runners and jobs, unknown routes and methods. Never a 500
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
-from tests.conftest import API_KEY, REGISTRATION_KEY, CoordinatorHandle
-from tests.helpers import assert_error, register_runner, registration
+from tests.conftest import API_KEY, REGISTRATION_KEY, CoordinatorHandle, StartAgent, coordinator_config
+from tests.helpers import assert_error, free_port, register_runner, registration, wait_for
 
 JOB = {"name": "j", "steps": [{"name": "s", "run": "true"}]}
 RAW = {"Content-Type": "application/json"}
@@ -347,3 +352,112 @@ async def test_hostile_bodies_never_cause_a_500(coordinator: CoordinatorHandle) 
             assert "Traceback" not in json.dumps(body)
             if status >= 400:
                 assert body["success"] is False and body["error"]["code"], body
+
+
+# --- an agent that does not answer ----------------------------------------------------------------------------
+
+AGENT_TIMEOUT = 0.5
+
+
+@pytest.fixture
+async def impatient_coordinator(tmp_path: Path) -> AsyncIterator[CoordinatorHandle]:
+    """A coordinator that gives agents ``AGENT_TIMEOUT`` seconds to answer."""
+    config = coordinator_config(
+        tmp_path / "impatient", agents={"request_timeout": AGENT_TIMEOUT, "connect_timeout": AGENT_TIMEOUT / 2}
+    )
+    handle = CoordinatorHandle(config)
+    await handle.start()
+    try:
+        yield handle
+    finally:
+        for api in handle.apis:
+            await api.close()
+        await handle.stop()
+
+
+@dataclass
+class SilentAgent:
+    port: int = 0
+    accepted: int = 0
+    hung_up: int = 0
+    """Connections the caller closed after giving up."""
+
+
+@pytest.fixture
+async def silent_agent() -> AsyncIterator[SilentAgent]:
+    """A real socket on 127.0.0.1 that accepts connections and never says a word."""
+    silent = SilentAgent()
+    writers: list[asyncio.StreamWriter] = []
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        silent.accepted += 1
+        writers.append(writer)
+        await reader.read()  # until the caller gives up and closes
+        silent.hung_up += 1
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    silent.port = server.sockets[0].getsockname()[1]
+    try:
+        yield silent
+    finally:
+        server.close()
+        for writer in writers:
+            writer.close()
+        await server.wait_closed()
+
+
+async def test_an_agent_that_does_not_answer_is_runner_unavailable_within_the_timeout(
+    impatient_coordinator: CoordinatorHandle, silent_agent: SilentAgent
+) -> None:
+    api = impatient_coordinator.api
+    runner_id = (await register_runner(api, host="127.0.0.1", port=silent_agent.port))["runner_id"]
+    started = time.monotonic()
+    async with asyncio.timeout(AGENT_TIMEOUT + 5):  # fail here, not at the suite's timeout, if it hangs
+        status, body = await api.get(f"/runners/{runner_id}/config")
+    elapsed = time.monotonic() - started
+    error = assert_error(status, body, 503, "RUNNER_UNAVAILABLE", runner_id=runner_id)
+    assert silent_agent.accepted == 1, "the coordinator never reached the agent's socket"
+    assert AGENT_TIMEOUT * 0.8 <= elapsed < AGENT_TIMEOUT + 1.0, elapsed
+    assert runner_id in error["message"]
+    # the coordinator itself stays responsive and the runner is still known
+    status, _ = await api.get(f"/runners/{runner_id}")
+    assert status == 200
+
+
+async def test_delivering_a_job_to_a_silent_agent_gives_up_and_holds_the_job(
+    impatient_coordinator: CoordinatorHandle, silent_agent: SilentAgent
+) -> None:
+    api = impatient_coordinator.api
+    runner_id = (await register_runner(api, host="127.0.0.1", port=silent_agent.port))["runner_id"]
+    status, body = await api.post(f"/runners/{runner_id}/jobs", JOB)
+    assert status == 201, body
+
+    async def gave_up() -> bool:
+        return silent_agent.accepted >= 1 and silent_agent.hung_up >= 1
+
+    await wait_for(gave_up, AGENT_TIMEOUT + 3, what="the coordinator to give up on the silent agent")
+    assert (await api.job(runner_id, body["job_id"]))["status"] == "queued"
+    status, busy = await api.delete(f"/runners/{runner_id}")
+    assert_error(status, busy, 409, "RUNNER_BUSY")
+
+
+async def test_an_agent_that_is_not_listening_is_runner_unavailable_at_once(
+    impatient_coordinator: CoordinatorHandle,
+) -> None:
+    api = impatient_coordinator.api
+    runner_id = (await register_runner(api, host="127.0.0.1", port=free_port()))["runner_id"]
+    started = time.monotonic()
+    status, body = await api.get(f"/runners/{runner_id}/config")
+    elapsed = time.monotonic() - started
+    assert_error(status, body, 503, "RUNNER_UNAVAILABLE", runner_id=runner_id)
+    assert elapsed < AGENT_TIMEOUT + 1.0, elapsed
+
+
+async def test_a_live_agent_answers_its_configuration(coordinator: CoordinatorHandle, start_agent: StartAgent) -> None:
+    """The same route with a real agent behind it: not an error, so the 503 above is about reachability."""
+    agent = await start_agent(max_concurrent_jobs=3)
+    runner_id = agent.identity().runner_id
+    status, body = await coordinator.api.get(f"/runners/{runner_id}/config")
+    assert status == 200, body
+    assert body["runner_id"] == runner_id
+    assert body["configuration"]["max_concurrent_jobs"] == 3
