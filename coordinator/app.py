@@ -9,6 +9,7 @@ from aiohttp import web
 from coordinator import auth, keys, liveness
 from coordinator.config import CoordinatorConfig
 from coordinator.dispatch import Dispatcher
+from coordinator.estimate import Estimator
 from coordinator.hub import Hub
 from coordinator.middlewares import setup_middlewares
 from coordinator.proxy import AgentClient
@@ -21,6 +22,7 @@ async def _store(app: web.Application) -> AsyncIterator[None]:
     store = SqliteStore(app[keys.CONFIG].database_path)
     await store.open()
     app[keys.STORE] = store
+    app[keys.ESTIMATOR] = Estimator(store)
     yield
     await store.close()
 

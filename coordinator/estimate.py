@@ -8,6 +8,15 @@ never a made-up value.
 from __future__ import annotations
 
 import heapq
+import time
+from datetime import datetime
+
+from coordinator.store.base import QueueState, RunnerRecord, Statistics, Store
+from shared.timeutil import from_epoch
+
+# The runner's average execution time changes slowly; reading it at most this often keeps a full scan of the
+# runner's finished jobs off every submission.
+STATISTICS_MAX_AGE = 5.0
 
 
 def estimated_start(
@@ -20,11 +29,37 @@ def estimated_start(
         return now  # a slot is free for it already
     if not average or average <= 0:
         return None
-    ends = sorted(max(started + average, now) for started in running_started)
-    # With more jobs running than slots (the limit was lowered while they ran), the first ends free no slot:
-    # a slot frees only once fewer than ``slots`` run, so the slots free at the last ``slots`` ends.
-    free_at = ends[max(len(ends) - slots, 0) :] + [now] * free_now
+    free_at = [max(started + average, now) for started in running_started] + [now] * free_now
     heapq.heapify(free_at)
     for _ in range(queued_ahead):
         heapq.heappush(free_at, heapq.heappop(free_at) + average)
     return free_at[0]
+
+
+class Estimator:
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._statistics: dict[str, tuple[float, Statistics]] = {}
+
+    async def start_time(self, runner: RunnerRecord, queue: QueueState) -> datetime | None:
+        if runner.status != "active":
+            return None  # its agent is away or stopped: no honest estimate
+        slots = runner.metadata.get("max_concurrent_jobs")
+        if not isinstance(slots, int) or isinstance(slots, bool):
+            return None
+        stats = await self._cached_statistics(runner.id)
+        average = stats.average_execution_time if stats.total_jobs_executed else None
+        now = time.time()
+        moment = estimated_start(now, average, slots, queue.running_started, queue.queued_ahead)
+        return from_epoch(moment) if moment is not None else None
+
+    async def _cached_statistics(self, runner_id: str) -> Statistics:
+        now = time.monotonic()
+        cached = self._statistics.get(runner_id)
+        if cached is not None and now - cached[0] < STATISTICS_MAX_AGE:
+            return cached[1]
+        stats = await self._store.statistics(runner_id)
+        if len(self._statistics) > 10_000:
+            self._statistics.clear()
+        self._statistics[runner_id] = (now, stats)
+        return stats

@@ -10,6 +10,7 @@ if TYPE_CHECKING:
     from coordinator.auth import Credentials, Principal, TokenCache
     from coordinator.config import CoordinatorConfig
     from coordinator.dispatch import Dispatcher
+    from coordinator.estimate import Estimator
     from coordinator.hub import Hub
     from coordinator.proxy import AgentClient
     from coordinator.store.base import Store
@@ -20,6 +21,7 @@ RUNNER_TOKENS: web.AppKey[TokenCache] = web.AppKey("runner_tokens")
 STORE: web.AppKey[Store] = web.AppKey("store")
 AGENTS: web.AppKey[AgentClient] = web.AppKey("agents")
 DISPATCHER: web.AppKey[Dispatcher] = web.AppKey("dispatcher")
+ESTIMATOR: web.AppKey[Estimator] = web.AppKey("estimator")
 HUB: web.AppKey[Hub] = web.AppKey("hub")
 
 PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime
 
 import structlog
 from aiohttp import web
@@ -11,13 +10,11 @@ from aiohttp import web
 from coordinator import keys
 from coordinator.api.runners import get_runner_or_404
 from coordinator.api.views import job_detail, job_summary
-from coordinator.estimate import estimated_start
-from coordinator.store.base import JobRecord, RunnerRecord
+from coordinator.store.base import JobRecord
 from shared import ids
 from shared.errors import JobNotFound
 from shared.http import json_response, parse_body, query_choice, query_int
 from shared.models import JOB_STATUSES, MAX_LIST_LIMIT, JobList, JobSubmission, JobSubmitResponse
-from shared.timeutil import from_epoch
 
 log = structlog.get_logger(__name__)
 
@@ -26,28 +23,17 @@ async def submit_job(request: web.Request) -> web.Response:
     runner = await get_runner_or_404(request)
     spec = await parse_body(request, JobSubmission)
     job = JobRecord(id=ids.new_job_id(), runner_id=runner.id, spec=spec, status="queued", created_at=time.time())
-    await request.app[keys.STORE].insert_job(job)
+    queue = await request.app[keys.STORE].insert_job(job)
     # Recorded first, then pushed: the job is safe here whether or not the agent takes it now.
     request.app[keys.DISPATCHER].submitted(runner, job)
     log.info("job accepted", runner_id=runner.id, job_id=job.id, steps=len(spec.steps))
     response = JobSubmitResponse(
-        job_id=job.id, runner_id=runner.id, status="queued", estimated_start_time=await _estimate(request, runner, job)
+        job_id=job.id,
+        runner_id=runner.id,
+        status="queued",
+        estimated_start_time=await request.app[keys.ESTIMATOR].start_time(runner, queue),
     )
     return json_response(response, status=201)
-
-
-async def _estimate(request: web.Request, runner: RunnerRecord, job: JobRecord) -> datetime | None:
-    if runner.status != "active":
-        return None  # its agent is away or stopped: no honest estimate
-    store = request.app[keys.STORE]
-    ahead, running = await store.queue_position(runner.id, job.id)
-    stats = await store.statistics(runner.id)
-    slots = runner.metadata.get("max_concurrent_jobs")
-    if not isinstance(slots, int) or isinstance(slots, bool):
-        return None
-    average = stats.average_execution_time if stats.total_jobs_executed else None
-    moment = estimated_start(time.time(), average, slots, running, ahead)
-    return from_epoch(moment) if moment is not None else None
 
 
 async def list_jobs(request: web.Request) -> web.Response:

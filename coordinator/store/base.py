@@ -79,6 +79,12 @@ class StatusChange:
 
 
 @dataclass
+class QueueState:
+    queued_ahead: int
+    running_started: list[float]
+
+
+@dataclass
 class RunnerFilter:
     status: str | None = None
     type: str | None = None
@@ -112,7 +118,10 @@ class Store(Protocol):
     async def statistics(self, runner_id: str) -> Statistics: ...
 
     # jobs
-    async def insert_job(self, job: JobRecord) -> None: ...
+    async def insert_job(self, job: JobRecord) -> QueueState:
+        """Store a new job; returns what was queued and running on its runner just before it."""
+        ...
+
     async def get_job(self, job_id: str) -> JobRecord | None: ...
     async def list_jobs(
         self, runner_id: str, status: str | None, limit: int | None, offset: int
@@ -122,7 +131,6 @@ class Store(Protocol):
     async def open_job_count(self, runner_id: str) -> int: ...
     async def cancel_open_jobs(self, runner_id: str, reason: str, now: float) -> list[StatusChange]: ...
     async def cancel_held_job(self, job_id: str, reason: str, now: float) -> StatusChange | None: ...
-    async def queue_position(self, runner_id: str, job_id: str) -> tuple[int, list[float]]: ...
 
     # agent events
     async def apply_events(self, runner_id: str, events: list[AgentEvent]) -> tuple[int, list[StatusChange]] | None:

@@ -11,6 +11,7 @@ from typing import Any
 from coordinator.store.base import (
     AttemptRecord,
     JobRecord,
+    QueueState,
     RunnerFilter,
     RunnerRecord,
     Statistics,
@@ -308,14 +309,23 @@ class SqliteStore:
 
     # --- jobs ----------------------------------------------------------------------------------------------
 
-    async def insert_job(self, job: JobRecord) -> None:
-        def op(conn: sqlite3.Connection) -> None:
+    async def insert_job(self, job: JobRecord) -> QueueState:
+        def op(conn: sqlite3.Connection) -> QueueState:
+            # What is ahead of the new job, read in the same transaction (for its start-time estimate).
+            ahead = conn.execute(
+                "SELECT COUNT(*) FROM jobs WHERE runner_id = ? AND status = 'queued'", (job.runner_id,)
+            ).fetchone()[0]
+            running = conn.execute(
+                "SELECT COALESCE(started_at, created_at) FROM jobs WHERE runner_id = ? AND status = 'running'",
+                (job.runner_id,),
+            ).fetchall()
             conn.execute(
                 "INSERT INTO jobs (id, runner_id, name, spec, status, created_at) VALUES (?, ?, ?, ?, ?, ?)",
                 (job.id, job.runner_id, job.spec.name, job.spec.model_dump_json(), job.status, job.created_at),
             )
+            return QueueState(int(ahead), [float(r[0]) for r in running])
 
-        await self.db.run(op)
+        return await self.db.run(op)
 
     async def get_job(self, job_id: str) -> JobRecord | None:
         def op(conn: sqlite3.Connection) -> JobRecord | None:
@@ -413,23 +423,6 @@ class SqliteStore:
             return StatusChange("job", job_id, row["runner_id"], "queued", "cancelled", now)
 
         return await self.db.run(op)
-
-    async def queue_position(self, runner_id: str, job_id: str) -> tuple[int, list[float]]:
-        """Jobs queued ahead of ``job_id`` on its runner, and the start times of the runner's running jobs."""
-
-        def op(conn: sqlite3.Connection) -> tuple[int, list[float]]:
-            ahead = conn.execute(
-                "SELECT COUNT(*) FROM jobs WHERE runner_id = ? AND status = 'queued'"
-                " AND seq < (SELECT seq FROM jobs WHERE id = ?)",
-                (runner_id, job_id),
-            ).fetchone()[0]
-            running = conn.execute(
-                "SELECT COALESCE(started_at, created_at) FROM jobs WHERE runner_id = ? AND status = 'running'",
-                (runner_id,),
-            ).fetchall()
-            return int(ahead), [float(r[0]) for r in running]
-
-        return await self.db.read(op)
 
     # --- agent events --------------------------------------------------------------------------------------
 
