@@ -159,6 +159,8 @@ class Agent:
     async def _start(self) -> None:
         self.config.state_dir.mkdir(parents=True, exist_ok=True)
         await self.store.open()
+        # Saved overrides (PUT /config) first: registration announces the limit, and the API serves the config.
+        await self.runtime.load()
         await self.client.start()
         self._site_runner = web.AppRunner(make_api(self), access_log=None, handle_signals=False)
         await self._site_runner.setup()
@@ -170,7 +172,6 @@ class Agent:
         log.info("agent API listening", host=self.config.listen.host, port=self.port)
         self._identity = await ensure_registered(self.config, self.client, self.port)
         structlog.contextvars.bind_contextvars(runner_id=self._identity.runner_id)
-        await self.runtime.load()
         await self.supervisor.resume(self.executor.recover)
         if await control.stopped_before(self):
             log.info("runner was stopped before the agent restarted; it stays stopped until started")

@@ -339,10 +339,11 @@ class RunnerConfiguration(Response):
 class RunnerConfigUpdate(Request):
     """``PUT /runners/{id}/config``: every field optional, all validated before anything changes."""
 
-    max_concurrent_jobs: int | None = Field(default=None, ge=1, le=1000)
-    job_timeout: int | None = Field(default=None, gt=0, le=MAX_TIMEOUT)
+    # strict: neither true nor "3" is a number of jobs or seconds
+    max_concurrent_jobs: int | None = Field(default=None, ge=1, le=1000, strict=True)
+    job_timeout: int | None = Field(default=None, gt=0, le=MAX_TIMEOUT, strict=True)
     cleanup_policy: CleanupPolicy | None = None
-    kill_grace_period: float | None = Field(default=None, ge=0, le=3600)
+    kill_grace_period: float | None = Field(default=None, ge=0, le=3600, strict=True)
     resource_limits: ResourceLimits | None = None
     docker_config: DockerConfig | None = None
 

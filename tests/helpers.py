@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import random
 import re
@@ -13,11 +14,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
 import psutil
+import yaml
 
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parent.parent
@@ -283,3 +286,34 @@ async def submit_job(api: Api, runner_id: str, name: str, *runs: str, **fields: 
     status, answer = await api.post(f"/runners/{runner_id}/jobs", body)
     assert status == 201, answer
     return str(answer["job_id"])
+
+
+def agent_config_file(path: Path, **settings: Any) -> Path:
+    """Write an agent YAML config with ``settings`` (for ``RUSTCI_CONFIG``; the fixture's env still wins)."""
+    path.write_text(yaml.safe_dump(settings), encoding="utf-8")
+    return path
+
+
+async def wait_process_runner(api: Api, proc: DaemonProcess, timeout: float = 20.0) -> str:
+    """The runner id of an ``agent_process`` once that process is fully up: it has sent a heartbeat since it was
+    started (registration alone does not mean the queue and the saved configuration are loaded)."""
+    started = time.time()
+    identity = Path(proc.env["RUSTCI_STATE_DIR"]) / "identity.json"
+
+    async def probe() -> str | None:
+        if not proc.alive():
+            raise AssertionError(f"agent process exited with {proc.proc.returncode if proc.proc else None}")
+        if not identity.exists():
+            return None
+        runner_id = str(json.loads(identity.read_text())["runner_id"])
+        status, body = await api.get(f"/runners/{runner_id}")
+        if status != 200 or body["status"] != "active":
+            return None
+        seen = body["metadata"]["last_seen"]
+        return runner_id if _epoch(seen) > started else None
+
+    return await wait_for(probe, timeout, what=f"agent process {proc.pid} to register and send a heartbeat")
+
+
+def _epoch(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
