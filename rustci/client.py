@@ -72,6 +72,22 @@ def _validated(model: type[M], body: Body) -> dict[str, Any]:
     return parsed.model_dump(mode="json", exclude_unset=True)
 
 
+def _log_events(lines: Iterable[str]) -> Iterator[dict[str, Any]]:
+    """The ``log`` events of a Server-Sent Events stream, as parsed JSON (keep-alive comments are skipped)."""
+    event, data = "", list[str]()
+    for line in lines:
+        if not line:
+            if data and event in ("", "message", "log"):
+                entry = json.loads("\n".join(data))
+                if isinstance(entry, dict):
+                    yield entry
+            event, data = "", []
+        elif line.startswith("data:"):
+            data.append(line[5:].removeprefix(" "))
+        elif line.startswith("event:"):
+            event = line[6:].strip()
+
+
 def _segment(value: str) -> str:
     return quote(value, safe="")
 
@@ -201,36 +217,40 @@ class RustCIClient:
         until: str | None = None,
         level: str | None = None,
         limit: int | None = None,
+        job_id: str | None = None,
+        step: str | None = None,
     ) -> dict[str, Any]:
-        params = {"since": since, "until": until, "level": level, "limit": limit}
+        """One page of log entries; ``since``/``until`` are ISO 8601, ``level`` the lowest level shown."""
+        params = {"since": since, "until": until, "level": level, "limit": limit, "job_id": job_id, "step": step}
         return self.request("GET", f"/runners/{_segment(runner_id)}/logs", params=params)
 
     def follow_runner_logs(
-        self, runner_id: str, since: str | None = None, level: str | None = None
+        self,
+        runner_id: str,
+        since: str | None = None,
+        level: str | None = None,
+        job_id: str | None = None,
+        step: str | None = None,
     ) -> Iterator[dict[str, Any]]:
-        """Stream log entries as they arrive (``?follow=true``, Server-Sent Events) until the server closes."""
-        params = {k: v for k, v in {"since": since, "level": level, "follow": "true"}.items() if v is not None}
+        """Log entries as they are stored (``follow=true``, Server-Sent Events), until the server ends the stream.
+
+        Blocks between entries; stop by breaking out of the loop (the connection is closed then).
+        """
+        options = {"since": since, "level": level, "job_id": job_id, "step": step, "follow": "true"}
         with self.session.get(
             f"{self.api_url}/runners/{_segment(runner_id)}/logs",
-            params=params,
+            params={k: v for k, v in options.items() if v is not None},
             headers={"Accept": "text/event-stream"},
             stream=True,
             timeout=(self.timeout, None),
         ) as response:
             if response.status_code >= 400:
                 try:
-                    raise from_envelope(response.status_code, response.json())
+                    body = response.json()
                 except ValueError:
-                    raise from_envelope(response.status_code, None) from None
-            data: list[str] = []
-            for line in response.iter_lines(decode_unicode=True):
-                if line.startswith("data:"):
-                    data.append(line[5:].removeprefix(" "))
-                elif not line and data:
-                    entry = json.loads("\n".join(data))
-                    data = []
-                    if isinstance(entry, dict):
-                        yield entry
+                    body = None
+                raise from_envelope(response.status_code, body)
+            yield from _log_events(response.iter_lines(decode_unicode=True))
 
     def bulk(
         self, operation: str, filters: Mapping[str, Any] | None = None, data: Mapping[str, Any] | None = None

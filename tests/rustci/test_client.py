@@ -189,3 +189,26 @@ async def test_a_validated_body_is_sent_as_given(client: RustCIClient, coordinat
     runner = await call(client.get_runner, runner_id)
     assert runner["name"] == "only-the-name"
     assert runner["tags"] == ["keep"]
+
+
+def test_log_stream_parsing_keeps_log_events_only() -> None:
+    from rustci.client import _log_events
+
+    stream = [
+        ": ping",
+        "",
+        "id: 1",
+        "event: log",
+        'data: {"message": "one",',
+        'data:  "level": "info"}',
+        "",
+        "event: something-else",
+        'data: {"message": "not a log entry"}',
+        "",
+        'data: {"message": "unnamed events are messages"}',
+        "",
+    ]
+    assert list(_log_events(stream)) == [
+        {"message": "one", "level": "info"},
+        {"message": "unnamed events are messages"},
+    ]
