@@ -14,9 +14,9 @@ from datetime import datetime
 from coordinator.store.base import QueueState, RunnerRecord, Statistics, Store
 from shared.timeutil import from_epoch
 
-# The runner's average execution time changes slowly; reading it at most this often keeps a full scan of the
-# runner's finished jobs off every submission.
-STATISTICS_MAX_AGE = 5.0
+# A runner's statistics are read again when one of its jobs finishes, and otherwise at most this often, which
+# keeps a scan of the runner's finished jobs off nearly every submission.
+STATISTICS_MAX_AGE = 60.0
 
 
 def estimated_start(
@@ -29,7 +29,11 @@ def estimated_start(
         return now  # a slot is free for it already
     if not average or average <= 0:
         return None
-    free_at = [max(started + average, now) for started in running_started] + [now] * free_now
+    ends = sorted(max(started + average, now) for started in running_started)
+    # With more jobs running than slots (the limit was lowered while they ran), the first ends only bring
+    # the count back down to the limit; a slot frees at the later ones.
+    excess = max(len(ends) - slots, 0)
+    free_at = ends[excess:] + [now] * free_now
     heapq.heapify(free_at)
     for _ in range(queued_ahead):
         heapq.heappush(free_at, heapq.heappop(free_at) + average)
@@ -52,6 +56,9 @@ class Estimator:
         now = time.time()
         moment = estimated_start(now, average, slots, queue.running_started, queue.queued_ahead)
         return from_epoch(moment) if moment is not None else None
+
+    def job_finished(self, runner_id: str) -> None:
+        self._statistics.pop(runner_id, None)
 
     async def _cached_statistics(self, runner_id: str) -> Statistics:
         now = time.monotonic()

@@ -14,7 +14,7 @@ from coordinator import keys
 from coordinator.api import events
 from shared.errors import RunnerNotFound
 from shared.http import json_response, parse_body
-from shared.models import EventAck, EventBatch, Heartbeat, HeartbeatAck
+from shared.models import TERMINAL_JOB_STATUSES, EventAck, EventBatch, Heartbeat, HeartbeatAck
 
 _STATE_TO_STATUS = {"running": "active", "stopped": "stopped", "starting": "starting", "restarting": "restarting"}
 
@@ -44,4 +44,6 @@ async def ingest_events(request: web.Request) -> web.Response:
     hub = request.app[keys.HUB]
     for change in changes:
         hub.publish(events.status_change(change))
+        if change.new_status in TERMINAL_JOB_STATUSES:
+            request.app[keys.ESTIMATOR].job_finished(runner_id)
     return json_response(EventAck(acked_seq=acked))
