@@ -377,9 +377,10 @@ class Launcher:
             detail = f" (last: {self.last_problem})" if self.last_problem else ""
             raise LaunchError(f"gave up after {timeout:g}s waiting for {what}{detail}") from None
         finally:
-            stop.cancel()
-            if task is not None and not task.done():
-                task.cancel()
+            unfinished = [t for t in (stop, task) if t is not None and not t.done()]
+            for pending in unfinished:
+                pending.cancel()
+            await asyncio.gather(*unfinished, return_exceptions=True)
         if self.stop_requested.is_set():
             return None
         for child in self.children:

@@ -210,3 +210,16 @@ async def test_a_busy_port_is_refused_before_anything_starts(launch: StartLaunch
         assert await launched.exit_code() == 2
     assert f"port {port} on 127.0.0.1 is already in use" in launched.stderr()
     assert not (tmp_path / "state").exists()
+
+
+async def test_a_stop_during_startup_ends_cleanly(launch: StartLaunch, tmp_path: Path) -> None:
+    launched = launch(tmp_path / "state", free_port(), free_port())
+
+    async def coordinator_logging() -> bool:
+        launched.remember_children()
+        return "coordinator| " in launched.stderr()
+
+    await wait_for(coordinator_logging, STARTUP, interval=0.02, what="the coordinator's first log line")
+    launched.proc.send_signal(signal.SIGTERM)
+    assert await launched.exit_code() == 0, launched.stderr()
+    assert launched.children and all(gone(pid) for pid in launched.children)
