@@ -7,6 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
+from agent import api_status
 from agent.keys import AGENT
 from shared.errors import AuthenticationRequired, AuthorizationFailed, RunnerNotFound, RunnerUnavailable
 from shared.http import error_middleware, json_response, parse_body
@@ -20,10 +21,13 @@ from shared.models import (
     StopRequest,
 )
 
+# Reachable without the runner token: the liveness probe and the Prometheus scrape.
+PUBLIC_PATHS = frozenset({"/health", "/metrics"})
+
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-    if request.path == "/health" or request.match_info.http_exception is not None:
+    if request.path in PUBLIC_PATHS or request.match_info.http_exception is not None:
         response: web.StreamResponse = await handler(request)
         return response
     identity = request.app[AGENT].identity_or_none
@@ -96,6 +100,7 @@ def make_api(agent: Any) -> web.Application:
     app = web.Application(middlewares=[error_middleware, auth_middleware], client_max_size=16 * 1024 * 1024)
     app[AGENT] = agent
     app.router.add_get("/health", health)
+    api_status.setup(app)
     app.router.add_post("/api/runners/{runner_id}/jobs", assign_job)
     app.router.add_post("/api/runners/{runner_id}/jobs/{job_id}/cancel", cancel_job)
     app.router.add_get("/api/runners/{runner_id}/config", get_config)

@@ -6,7 +6,7 @@ import socket
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from shared.config import Settings, load_settings
 from shared.models import DockerConfig, Label, ResourceLimits
@@ -21,6 +21,7 @@ ENV_OVERRIDES = {
     "RUSTCI_STATE_DIR": "state_dir",
     "RUSTCI_MAX_CONCURRENT_JOBS": "max_concurrent_jobs",
     "RUSTCI_HEARTBEAT_INTERVAL": "heartbeat_interval",
+    "RUSTCI_METRICS_INTERVAL": "metrics_interval",
     "RUSTCI_LOG_LEVEL": "log.level",
     "RUSTCI_LOG_FORMAT": "log.format",
 }
@@ -59,6 +60,27 @@ class Log(Settings):
     format: str = Field(default="auto", pattern=r"^(json|console|auto)$")
 
 
+class HealthThresholds(Settings):
+    """Free space below which the runner's health check warns or fails (``GET /runners/{id}/health``)."""
+
+    disk_warn_gb: float = Field(default=5.0, ge=0)
+    """Free disk (on the workspaces' filesystem) below which ``disk_space`` warns."""
+    disk_fail_gb: float = Field(default=1.0, ge=0)
+    """Free disk below which ``disk_space`` fails."""
+    memory_warn_gb: float = Field(default=0.5, ge=0)
+    """Available memory below which ``memory`` warns."""
+    memory_fail_gb: float = Field(default=0.1, ge=0)
+    """Available memory below which ``memory`` fails."""
+
+    @model_validator(mode="after")
+    def _fail_below_warn(self) -> HealthThresholds:
+        if self.disk_fail_gb > self.disk_warn_gb:
+            raise ValueError("disk_fail_gb must not be above disk_warn_gb")
+        if self.memory_fail_gb > self.memory_warn_gb:
+            raise ValueError("memory_fail_gb must not be above memory_warn_gb")
+        return self
+
+
 class AgentConfig(Settings):
     coordinator: CoordinatorLink = Field(default_factory=CoordinatorLink)
     runner: RunnerSettings = Field(default_factory=RunnerSettings)
@@ -69,6 +91,12 @@ class AgentConfig(Settings):
     """Where per-job workspaces are made; default ``<state_dir>/workspaces``."""
     heartbeat_interval: float = Field(default=10.0, gt=0, le=3600)
     """Seconds between heartbeats; the coordinator marks the runner inactive after three missed."""
+    metrics_interval: float = Field(default=10.0, gt=0, le=300)
+    """Seconds between load samples (cpu, memory, disk, active jobs) shipped with the heartbeats for the
+    coordinator's metrics history. At most 300: uptime is counted in 5-minute slots."""
+    metrics_buffer: int = Field(default=8640, ge=1, le=1_000_000)
+    """Samples kept while the coordinator cannot be reached (8640 = a day at 10 s); past it the oldest go."""
+    health: HealthThresholds = Field(default_factory=HealthThresholds)
     max_concurrent_jobs: int = Field(default=4, ge=1, le=1000)
     job_timeout: int = Field(default=3600, gt=0, le=7 * 24 * 3600)
     """Default bound on a job's run time, in seconds, when the job does not set ``timeout``."""

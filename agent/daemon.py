@@ -26,6 +26,7 @@ from agent.coordinator_client import CoordinatorClient, CoordinatorUnreachable
 from agent.executors.base import Executor
 from agent.executors.native import NativeExecutor
 from agent.identity import Identity
+from agent.metrics import AgentMetrics
 from agent.registration import ensure_registered
 from agent.runner import JobRunner
 from agent.runtime_config import RuntimeConfig
@@ -33,7 +34,7 @@ from agent.shipping import Outbox, Shipper
 from agent.store import AgentStore
 from agent.supervisor import Supervisor
 from shared.errors import ApiError, AuthenticationRequired, RunnerNotFound
-from shared.models import AgentState, Heartbeat
+from shared.models import MAX_SAMPLES_PER_HEARTBEAT, AgentState, Heartbeat
 from shared.tasks import TaskSet
 
 log = structlog.get_logger(__name__)
@@ -67,8 +68,9 @@ class Agent:
         self.client = CoordinatorClient(config.coordinator.url, config.coordinator.request_timeout)
         self._identity: Identity | None = None
         self.outbox = Outbox(self.store, self.identity)
+        self.metrics = AgentMetrics(config.metrics_buffer)
         self.executor = make_executor(config)
-        self.job_runner = JobRunner(config, self.executor, self.outbox)
+        self.job_runner = JobRunner(config, self.metrics.instrument(self.executor), self.outbox)
         self.supervisor = Supervisor(self.store, self.outbox, self.job_runner, config.max_concurrent_jobs)
         self.runtime = RuntimeConfig(config, self.store, self._config_changed)
         self.control = RunnerControl(self)
@@ -128,7 +130,7 @@ class Agent:
 
     def reset_executor(self) -> None:
         self.executor = make_executor(self.config)
-        self.job_runner.executor = self.executor
+        self.job_runner.executor = self.metrics.instrument(self.executor)
 
     async def check_executor(self) -> None:
         """Hook for executors with a daemon to reach (Docker, Kubernetes); native has nothing to check."""
@@ -183,6 +185,12 @@ class Agent:
         self._tasks.spawn(self.shipper.run(), "shipper")
         self._tasks.spawn(self.supervisor.run(), "supervisor")
         self._tasks.spawn(self._heartbeats(), "heartbeat")
+        self._tasks.spawn(
+            self.metrics.sample_forever(
+                self.config.metrics_interval, self.config.state_dir, lambda: self.supervisor.active_jobs
+            ),
+            "metric-samples",
+        )
         self._tasks.spawn(self._watch_identity(), "identity")
         self.outbox.pending.set()  # resend whatever a previous run left unacknowledged
 
@@ -211,15 +219,18 @@ class Agent:
 
     async def send_heartbeat(self) -> None:
         identity = self.identity()
+        samples = self.metrics.samples.pending(MAX_SAMPLES_PER_HEARTBEAT)
         beat = Heartbeat(
             load=sysinfo.load(self.config.state_dir, self.supervisor.active_jobs, self.supervisor.queued_jobs),
             state=self.state,
             heartbeat_interval=self.config.heartbeat_interval,
+            samples=samples,
         )
         try:
             await self.client.call(
-                "POST", f"/runners/{identity.runner_id}/heartbeat", identity.token, beat.model_dump()
+                "POST", f"/runners/{identity.runner_id}/heartbeat", identity.token, beat.model_dump(mode="json")
             )
+            self.metrics.samples.acknowledge(samples)
             if self.heartbeat_failures:
                 log.info("heartbeats resumed", missed=self.heartbeat_failures)
             self.heartbeat_failures = 0
@@ -227,6 +238,7 @@ class Agent:
             self._forgotten()
         except (CoordinatorUnreachable, ApiError) as e:
             self.heartbeat_failures += 1
+            self.metrics.heartbeat_failures.inc()
             log.warning("heartbeat failed", error=str(e), consecutive=self.heartbeat_failures)
 
     async def _watch_identity(self) -> None:

@@ -1,9 +1,12 @@
-"""What the agent knows of its host (psutil): metadata and resources at registration, load for heartbeats."""
+"""What the agent knows of its host (psutil, Docker): metadata and resources at registration, load for heartbeats
+and metric samples, free space and the Docker daemon for health checks."""
 
 from __future__ import annotations
 
+import asyncio
 import platform
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -73,3 +76,75 @@ def docker_version() -> str | None:
             client.close()
     except Exception:
         return None
+
+
+def free_gb(path: Path) -> tuple[float, float]:
+    """(free disk on ``path``'s filesystem, available memory), in GiB."""
+    disk = psutil.disk_usage(str(_existing(path))).free / GIB
+    memory = psutil.virtual_memory().available / GIB
+    return round(disk, 2), round(memory, 2)
+
+
+class CpuMeter:
+    """CPU use since this meter's previous reading.
+
+    ``psutil.cpu_percent(None)`` measures since the previous call by *anyone* in the process (the heartbeat, the
+    status API), so a sample would cover an arbitrary slice of its interval; the sampler keeps its own meter.
+    """
+
+    def __init__(self) -> None:
+        self._last = psutil.cpu_times()
+
+    def percent(self) -> float:
+        now = psutil.cpu_times()
+        last, self._last = self._last, now
+        total = sum(now) - sum(last)
+        if total <= 0:
+            return 0.0
+        # As psutil does: time waiting for I/O is idle time, and guest time is already counted in user time.
+        idle = (now.idle - last.idle) + (getattr(now, "iowait", 0.0) - getattr(last, "iowait", 0.0))
+        guest = (getattr(now, "guest", 0.0) - getattr(last, "guest", 0.0)) + (
+            getattr(now, "guest_nice", 0.0) - getattr(last, "guest_nice", 0.0)
+        )
+        busy = total - idle - guest
+        return round(min(100.0, max(0.0, 100.0 * busy / max(total - guest, 1e-9))), 1)
+
+
+class DockerProbe:
+    """Whether the Docker daemon answers, and its version, asked at most every ``ttl`` seconds.
+
+    The Docker SDK blocks, so it runs in a thread; a daemon that hangs costs the caller at most ``timeout``
+    (the thread finishes on its own). Concurrent callers share one probe.
+    """
+
+    def __init__(self, ttl: float = 5.0, timeout: float = 1.5) -> None:
+        self._ttl = ttl
+        self._timeout = timeout
+        self._checked_at = -ttl
+        self._version: str | None = None
+        self._error: str | None = "not checked yet"
+        self._inflight: asyncio.Future[str | None] | None = None
+
+    async def check(self) -> tuple[str | None, str | None]:
+        """``(version, None)`` when the daemon answered, else ``(None, reason)``."""
+        if time.monotonic() - self._checked_at < self._ttl:
+            return self._version, self._error
+        if self._inflight is None:
+            self._inflight = asyncio.ensure_future(asyncio.to_thread(docker_version))
+        inflight = self._inflight
+        try:
+            version = await asyncio.wait_for(asyncio.shield(inflight), self._timeout)
+        except TimeoutError:
+            self._version, self._error = None, f"the Docker daemon did not answer within {self._timeout:g}s"
+        else:
+            self._version, self._error = version, None if version else "the Docker daemon is not reachable"
+        finally:
+            if inflight.done() and self._inflight is inflight:
+                self._inflight = None
+        self._checked_at = time.monotonic()
+        return self._version, self._error
+
+
+def memory_disk_usage(path: Path) -> tuple[float, float]:
+    """(memory in use, disk in use on ``path``'s filesystem), in percent."""
+    return round(psutil.virtual_memory().percent, 1), round(psutil.disk_usage(str(_existing(path))).percent, 1)

@@ -241,10 +241,26 @@ class AssignmentAck(Response):
     status: JobStatus
 
 
+class MetricSample(Request):
+    """One reading of the agent host's load, taken every ``metrics_interval`` and shipped with a heartbeat.
+
+    The sample's time is its identity: a heartbeat resent after a lost answer stores nothing twice."""
+
+    at: Timestamp
+    cpu_usage: float = Field(ge=0, le=100)
+    memory_usage: float = Field(ge=0, le=100)
+    disk_usage: float = Field(ge=0, le=100)
+    active_jobs: int = Field(ge=0, le=1_000_000)
+
+
+MAX_SAMPLES_PER_HEARTBEAT = 1000
+
+
 class Heartbeat(Request):
     load: CurrentLoad
     state: AgentState = "running"
     heartbeat_interval: float = Field(gt=0, le=3600)
+    samples: list[MetricSample] = Field(default_factory=list, max_length=MAX_SAMPLES_PER_HEARTBEAT)
 
 
 class HeartbeatAck(Response):
@@ -412,3 +428,68 @@ class BulkResult(Response):
     success: bool
     affected_runners: int
     results: list[BulkItem]
+
+
+# --- runner status, health and metrics history ---------------------------------------------------------------
+
+HealthState = Literal["healthy", "degraded", "unhealthy"]
+CapabilityState = Literal["available", "unavailable"]
+CheckStatus = Literal["pass", "warn", "fail", "unknown"]
+
+
+class RunnerStatusView(Response):
+    """``GET /runners/{id}/status``; the agent answers the same shape for its own runner."""
+
+    runner_id: str
+    status: RunnerStatus
+    health: HealthState
+    last_heartbeat: Timestamp | None = None
+    current_load: CurrentLoad
+    capabilities_status: dict[str, CapabilityState]
+
+
+class HealthCheck(Response):
+    """One check: its ``status`` and whatever it measured (``response_time_ms``, ``version``, ``available_gb``,
+    ``error``) as extra keys, so each check carries only the fields that mean something for it."""
+
+    status: CheckStatus
+
+
+class RunnerHealthView(Response):
+    """``GET /runners/{id}/health``; the agent answers the same shape without ``connectivity``."""
+
+    runner_id: str
+    health: HealthState
+    checks: dict[str, HealthCheck]
+    last_check: Timestamp
+
+
+def overall_health(checks: dict[str, HealthCheck]) -> HealthState:
+    """Any failed (or unknowable) check makes the runner unhealthy; any warning, degraded."""
+    statuses = {check.status for check in checks.values()}
+    if statuses & {"fail", "unknown"}:
+        return "unhealthy"
+    return "degraded" if "warn" in statuses else "healthy"
+
+
+class MetricPoint(Response):
+    timestamp: Timestamp
+    value: float
+
+
+class MetricsSummary(Response):
+    """Over the whole period; the averages and maxima are ``null`` when the period holds no sample."""
+
+    avg_cpu_usage: float | None = None
+    max_cpu_usage: float | None = None
+    avg_memory_usage: float | None = None
+    max_memory_usage: float | None = None
+    total_jobs_executed: int = 0
+
+
+class RunnerMetrics(Response):
+    runner_id: str
+    period: str
+    resolution: str
+    metrics: dict[str, list[MetricPoint]]
+    summary: MetricsSummary

@@ -1,0 +1,103 @@
+"""The agent's live view of its runner: status and health for the coordinator, and the Prometheus scrape.
+
+The coordinator proxies ``GET /runners/{id}/status`` and ``/health`` here, so both answer from the host itself:
+the load now, the Docker daemon asked now (cached for a few seconds), free disk and memory against the
+thresholds in the agent's config. ``/metrics`` needs no token, like the coordinator's.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from agent import sysinfo
+from agent.config import AgentConfig
+from agent.keys import AGENT, DOCKER_PROBE
+from shared.http import json_response
+from shared.models import (
+    CapabilityState,
+    CheckStatus,
+    HealthCheck,
+    RunnerHealthView,
+    RunnerStatus,
+    RunnerStatusView,
+    overall_health,
+)
+from shared.timeutil import utcnow
+
+STATE_TO_STATUS: dict[str, RunnerStatus] = {
+    "running": "active",
+    "stopped": "stopped",
+    "starting": "starting",
+    "restarting": "restarting",
+}
+
+
+def _grade(available: float, warn_below: float, fail_below: float) -> CheckStatus:
+    if available < fail_below:
+        return "fail"
+    return "warn" if available < warn_below else "pass"
+
+
+def _uses_docker(config: AgentConfig) -> bool:
+    return config.runner.type == "docker" or "docker" in config.runner.capabilities
+
+
+async def host_checks(config: AgentConfig, probe: sysinfo.DockerProbe) -> dict[str, HealthCheck]:
+    """``docker_daemon`` (only for a runner that uses Docker), ``disk_space`` and ``memory``."""
+    checks: dict[str, HealthCheck] = {}
+    if _uses_docker(config):
+        version, error = await probe.check()
+        checks["docker_daemon"] = (
+            HealthCheck(status="pass", version=version) if version else HealthCheck(status="fail", error=error)
+        )
+    disk_gb, memory_gb = sysinfo.free_gb(config.workspaces)
+    limits = config.health
+    checks["disk_space"] = HealthCheck(
+        status=_grade(disk_gb, limits.disk_warn_gb, limits.disk_fail_gb),
+        available_gb=disk_gb,
+    )
+    checks["memory"] = HealthCheck(
+        status=_grade(memory_gb, limits.memory_warn_gb, limits.memory_fail_gb),
+        available_gb=memory_gb,
+    )
+    return checks
+
+
+async def status(request: web.Request) -> web.Response:
+    agent = request.app[AGENT]
+    config = agent.config
+    checks = await host_checks(config, request.app[DOCKER_PROBE])
+    capabilities: dict[str, CapabilityState] = {name: "available" for name in config.runner.capabilities}
+    if "docker_daemon" in checks and "docker" in capabilities:
+        capabilities["docker"] = "available" if checks["docker_daemon"].status == "pass" else "unavailable"
+    view = RunnerStatusView(
+        runner_id=agent.identity().runner_id,
+        status=STATE_TO_STATUS.get(agent.state, "error"),
+        health=overall_health(checks),
+        current_load=sysinfo.load(config.state_dir, agent.supervisor.active_jobs, agent.supervisor.queued_jobs),
+        capabilities_status=capabilities,
+    )
+    return json_response(view)
+
+
+async def health(request: web.Request) -> web.Response:
+    agent = request.app[AGENT]
+    checks = await host_checks(agent.config, request.app[DOCKER_PROBE])
+    view = RunnerHealthView(
+        runner_id=agent.identity().runner_id, health=overall_health(checks), checks=checks, last_check=utcnow()
+    )
+    return json_response(view)
+
+
+async def prometheus(request: web.Request) -> web.Response:
+    agent = request.app[AGENT]
+    await agent.metrics.refresh(agent.store.db, agent.supervisor.active_jobs, agent.supervisor.queued_jobs)
+    return web.Response(body=agent.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def setup(app: web.Application) -> None:
+    app[DOCKER_PROBE] = sysinfo.DockerProbe()
+    app.router.add_get("/metrics", prometheus)
+    app.router.add_get("/api/runners/{runner_id}/status", status)
+    app.router.add_get("/api/runners/{runner_id}/health", health)
