@@ -28,6 +28,11 @@ class Principal:
     role: Role
     runner_id: str | None = None
 
+    @property
+    def subject(self) -> str:
+        """Who this is, for per-user accounting (rate limits, logs)."""
+        return f"runner:{self.runner_id}" if self.role == "runner" else self.role
+
 
 @dataclass(frozen=True)
 class Credentials:
@@ -99,9 +104,13 @@ def _presented(request: web.Request) -> str | None:
 
 
 async def authenticate(
-    request: web.Request, credentials: Credentials, runner_token: Callable[[str], Awaitable[str | None]]
+    request: web.Request,
+    credentials: Credentials,
+    runner_token: Callable[[str], Awaitable[str | None]],
+    token_owner: Callable[[str], Awaitable[str | None]],
 ) -> Principal:
-    """Identify the caller. ``runner_token`` looks up the token of the runner the path names."""
+    """Identify the caller. ``runner_token`` gives the token of the runner the path names; ``token_owner``
+    finds which runner a token belongs to (so another runner's token is told apart from a wrong one)."""
     presented = _presented(request)
     if presented is None:
         raise AuthenticationRequired(
@@ -112,11 +121,14 @@ async def authenticate(
         return Principal("admin")
     if hmac.compare_digest(presented, credentials.registration_key):
         return Principal("registrar")
-    runner_id = request.match_info.get("runner_id")
-    if runner_id and presented.startswith(ids.TOKEN_PREFIX):
-        expected = await runner_token(runner_id)
+    if presented.startswith(ids.TOKEN_PREFIX):
+        runner_id = request.match_info.get("runner_id")
+        expected = await runner_token(runner_id) if runner_id else None
         if expected and hmac.compare_digest(presented, expected):
             return Principal("runner", runner_id)
+        owner = await token_owner(presented)
+        if owner is not None:
+            return Principal("runner", owner)
     raise AuthenticationRequired("The API key or token is not valid", header="X-API-Key")
 
 

@@ -44,7 +44,7 @@ async def update_config(app: web.Application, runner: RunnerRecord, body: dict[s
     except ValidationError as e:
         raise validation_error(e) from e
     if not update.model_fields_set:
-        raise InvalidRequest("The configuration update names no setting", field=None)
+        raise InvalidRequest("The configuration update names no setting", field="body")
     answer = await app[keys.AGENTS].call(runner, "PUT", "/config", update.model_dump(mode="json", exclude_unset=True))
     if update.max_concurrent_jobs is not None:
         # Keep the registry's view (used for start-time estimates) in step with the agent.
@@ -68,7 +68,7 @@ def control_body(action: str, raw: Any) -> dict[str, Any]:
         return {}
     model = StopRequest if action == "stop" else RestartRequest
     if raw is not None and not isinstance(raw, dict):
-        raise InvalidRequest("The request body must be a JSON object", field=None)
+        raise InvalidRequest("The request body must be a JSON object", field="body")
     try:
         return model.model_validate(raw or {}).model_dump(exclude_none=True)
     except ValidationError as e:

@@ -31,7 +31,7 @@ async def auth_middleware(request: web.Request, handler: Any) -> web.StreamRespo
             cache.put(runner_id, token)
         return token
 
-    principal = await auth.authenticate(request, request.app[keys.CREDENTIALS], runner_token)
+    principal = await auth.authenticate(request, request.app[keys.CREDENTIALS], runner_token, store.token_owner)
     auth.authorize(request, principal)
     request[keys.PRINCIPAL] = principal
     response = await handler(request)

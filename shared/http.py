@@ -91,31 +91,31 @@ def validation_error(e: ValidationError, what: str = "request body") -> InvalidR
         message = "unknown field"
     problems = [{"field": _field_path(tuple(err.get("loc", ()))), "message": err.get("msg", "")} for err in errors[:20]]
     text = f"Invalid {what}: {field}: {message}" if field else f"Invalid {what}: {message}"
-    return InvalidRequest(text, field=field or None, errors=problems)
+    return InvalidRequest(text, field=field or "body", errors=problems)
 
 
 async def read_json(request: web.Request, *, optional: bool = False) -> Any:
     if not request.can_read_body:
         if optional:
             return {}
-        raise InvalidRequest("A JSON request body is required", field=None)
+        raise InvalidRequest("A JSON request body is required", field="body")
     raw = await request.read()
     if not raw.strip():
         if optional:
             return {}
-        raise InvalidRequest("A JSON request body is required", field=None)
+        raise InvalidRequest("A JSON request body is required", field="body")
     try:
         return json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InvalidRequest(f"Malformed JSON in request body: {e}", field=None) from e
+        raise InvalidRequest(f"Malformed JSON in request body: {e}", field="body") from e
     except RecursionError as e:
-        raise InvalidRequest("Malformed JSON in request body: nested too deeply", field=None) from e
+        raise InvalidRequest("Malformed JSON in request body: nested too deeply", field="body") from e
 
 
 async def parse_body(request: web.Request, model: type[M], *, optional: bool = False) -> M:
     data = await read_json(request, optional=optional)
     if not isinstance(data, dict):
-        raise InvalidRequest("The request body must be a JSON object", field=None)
+        raise InvalidRequest("The request body must be a JSON object", field="body")
     try:
         return model.model_validate(data)
     except ValidationError as e:

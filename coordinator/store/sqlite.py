@@ -209,6 +209,15 @@ class SqliteStore:
 
         return await self.db.read(op)
 
+    async def token_owner(self, token: str) -> str | None:
+        """The id of the runner ``token`` belongs to, if any."""
+
+        def op(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute("SELECT id FROM runners WHERE token = ?", (token,)).fetchone()
+            return str(row["id"]) if row else None
+
+        return await self.db.read(op)
+
     async def list_runners(
         self, filters: RunnerFilter, limit: int | None, offset: int
     ) -> tuple[list[RunnerRecord], int]:
