@@ -36,6 +36,7 @@ class CoordinatorHandle:
     runner: web.AppRunner | None = None
     app: web.Application | None = None
     apis: list[Api] = field(default_factory=list)
+    admin: Api | None = None
 
     @property
     def url(self) -> str:
@@ -71,9 +72,10 @@ class CoordinatorHandle:
 
     @property
     def api(self) -> Api:
-        if not self.apis:
-            self.client()
-        return self.apis[0]
+        """The admin client (created on first use; other clients made with ``client()`` never take its place)."""
+        if self.admin is None:
+            self.admin = self.client()
+        return self.admin
 
     @property
     def store(self) -> Any:
