@@ -11,9 +11,11 @@ from coordinator.config import CoordinatorConfig
 from coordinator.dispatch import Dispatcher
 from coordinator.estimate import Estimator
 from coordinator.hub import Hub
+from coordinator.metrics import CoordinatorMetrics
 from coordinator.middlewares import setup_middlewares
 from coordinator.proxy import AgentClient
 from coordinator.routes import setup_routes
+from coordinator.store.metrics import MetricsStore, Retention
 from coordinator.store.sqlite import SqliteStore
 from shared.tasks import TaskSet
 
@@ -36,7 +38,8 @@ async def _agents(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _hub(app: web.Application) -> AsyncIterator[None]:
-    app[keys.HUB] = Hub()
+    settings = app[keys.CONFIG].websocket
+    app[keys.HUB] = Hub(settings.queue_limit, settings.close_timeout)
     yield
     await app[keys.HUB].close()
 
@@ -61,14 +64,26 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
     await tasks.close()
 
 
+async def _metric_history(app: web.Application) -> AsyncIterator[None]:
+    store, settings = app[keys.STORE], app[keys.CONFIG].metrics
+    if not isinstance(store, SqliteStore):
+        raise TypeError(f"metric history needs the SQLite store, not {type(store).__name__}")
+    app[keys.METRICS_STORE] = metrics_store = MetricsStore(store.db, Retention.of(settings))
+    tasks = TaskSet("metrics")
+    tasks.spawn(metrics_store.compact_forever(settings.compaction_interval), "compaction")
+    yield
+    await tasks.close()
+
+
 def make_app(config: CoordinatorConfig) -> web.Application:
     app = web.Application(client_max_size=config.max_body_bytes)
     app[keys.CONFIG] = config
     app[keys.CREDENTIALS] = auth.load_credentials(config)
     app[keys.RUNNER_TOKENS] = auth.TokenCache()
+    app[keys.PROMETHEUS] = CoordinatorMetrics()
     setup_middlewares(app)
     setup_routes(app)
-    app.cleanup_ctx.extend([_store, _agents, _hub, _dispatcher, _background])
+    app.cleanup_ctx.extend([_store, _agents, _hub, _dispatcher, _background, _metric_history])
     # WebSocket clients are closed before the cleanup contexts unwind.
     app.on_shutdown.append(lambda a: a[keys.HUB].close())
     return app

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from shared.config import Settings, load_settings
 
@@ -50,6 +50,34 @@ class Agents(Settings):
     """Bound on opening a connection to an agent (within ``request_timeout``)."""
     delivery_retry_interval: float = Field(default=5.0, gt=0, le=3600)
     """How long held jobs wait before the coordinator tries an unreachable agent again (a heartbeat retries sooner)."""
+    status_timeout: float = Field(default=2.0, gt=0, le=60)
+    """Bound on the live status and health calls; an agent slower than this is reported from its last heartbeat."""
+
+
+class MetricsHistory(Settings):
+    """Retention of the load samples agents send: raw, then 5-minute rollups, then hourly ones, then gone."""
+
+    raw_retention_hours: float = Field(default=24.0, gt=0, le=24 * 30)
+    """Raw samples older than this are folded into 5-minute rollups."""
+    five_minute_retention_days: float = Field(default=7.0, gt=0, le=30)
+    """5-minute rollups older than this are folded into hourly ones."""
+    retention_days: float = Field(default=30.0, gt=0, le=3660)
+    """Hourly rollups older than this are deleted (the API offers periods up to 30 days)."""
+    compaction_interval: float = Field(default=300.0, gt=0, le=24 * 3600)
+    """Seconds between compactions (the first runs at start)."""
+
+    @model_validator(mode="after")
+    def _tiers_in_order(self) -> MetricsHistory:
+        if not self.raw_retention_hours / 24 <= self.five_minute_retention_days <= self.retention_days:
+            raise ValueError("need raw_retention_hours/24 <= five_minute_retention_days <= retention_days")
+        return self
+
+
+class WebSocketSettings(Settings):
+    queue_limit: int = Field(default=1000, ge=1, le=1_000_000)
+    """Events waiting for one WebSocket client; a client that falls further behind is disconnected (code 1008)."""
+    close_timeout: float = Field(default=5.0, gt=0, le=300)
+    """How long a closing client gets to answer the close handshake before its connection is dropped."""
 
 
 class Log(Settings):
@@ -66,6 +94,8 @@ class CoordinatorConfig(Settings):
     auth: Auth = Field(default_factory=Auth)
     runners: Runners = Field(default_factory=Runners)
     agents: Agents = Field(default_factory=Agents)
+    metrics: MetricsHistory = Field(default_factory=MetricsHistory)
+    websocket: WebSocketSettings = Field(default_factory=WebSocketSettings)
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024, le=1024**3)
     """Largest request body accepted."""
     log: Log = Field(default_factory=Log)

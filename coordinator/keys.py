@@ -12,8 +12,10 @@ if TYPE_CHECKING:
     from coordinator.dispatch import Dispatcher
     from coordinator.estimate import Estimator
     from coordinator.hub import Hub
+    from coordinator.metrics import CoordinatorMetrics
     from coordinator.proxy import AgentClient
     from coordinator.store.base import Store
+    from coordinator.store.metrics import MetricsStore
 
 CONFIG: web.AppKey[CoordinatorConfig] = web.AppKey("config")
 CREDENTIALS: web.AppKey[Credentials] = web.AppKey("credentials")
@@ -23,5 +25,7 @@ AGENTS: web.AppKey[AgentClient] = web.AppKey("agents")
 DISPATCHER: web.AppKey[Dispatcher] = web.AppKey("dispatcher")
 ESTIMATOR: web.AppKey[Estimator] = web.AppKey("estimator")
 HUB: web.AppKey[Hub] = web.AppKey("hub")
+PROMETHEUS: web.AppKey[CoordinatorMetrics] = web.AppKey("prometheus")
+METRICS_STORE: web.AppKey[MetricsStore] = web.AppKey("metrics_store")
 
 PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal")

@@ -1,7 +1,9 @@
-"""Request middlewares: the error envelope (from ``shared.http``) and authentication."""
+"""Request middlewares: request metrics, the error envelope (from ``shared.http``) and authentication."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 from aiohttp import web
@@ -38,6 +40,32 @@ async def auth_middleware(request: web.Request, handler: Any) -> web.StreamRespo
     return response
 
 
+@web.middleware
+async def metrics_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Count every request by its route template (``/api/runners/{runner_id}``, never the raw path: one series
+    per runner id would grow without bound) and time it. Outermost, so it sees the status the client got."""
+    started = time.perf_counter()
+    status = 500
+    try:
+        response: web.StreamResponse = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as e:
+        status = e.status
+        raise
+    except asyncio.CancelledError:
+        status = 499  # the client went away before the answer (nginx's convention)
+        raise
+    finally:
+        resource = request.match_info.route.resource
+        # A WebSocket session lasts as long as the client stays: its duration is not a request latency.
+        seconds = None if status == 101 else time.perf_counter() - started
+        request.app[keys.PROMETHEUS].observe_request(
+            resource.canonical if resource is not None else None, request.method, status, seconds
+        )
+
+
 def setup_middlewares(app: web.Application) -> None:
+    app.middlewares.append(metrics_middleware)
     app.middlewares.append(error_middleware)
     app.middlewares.append(auth_middleware)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from coordinator.api import agents, bulk, control, health, jobs, runners, stream
+from coordinator.api import agents, bulk, control, health, jobs, runners, status, stream
 
 
 def setup_routes(app: web.Application) -> None:
     r = app.router
     # Fixed paths first, so they are not taken for a runner id.
     r.add_get("/api/health", health.liveness)
+    r.add_get("/metrics", status.prometheus)
     r.add_post("/api/runners/register", runners.register)
     r.add_get("/api/runners/ws", stream.runner_updates)
     r.add_post("/api/runners/bulk", bulk.bulk)
@@ -18,6 +19,9 @@ def setup_routes(app: web.Application) -> None:
     r.add_get("/api/runners/{runner_id}", runners.get_runner)
     r.add_put("/api/runners/{runner_id}", runners.update_runner)
     r.add_delete("/api/runners/{runner_id}", runners.delete_runner)
+    r.add_get("/api/runners/{runner_id}/status", status.runner_status)
+    r.add_get("/api/runners/{runner_id}/health", status.runner_health)
+    r.add_get("/api/runners/{runner_id}/metrics", status.runner_metrics)
     r.add_post("/api/runners/{runner_id}/jobs", jobs.submit_job)
     r.add_get("/api/runners/{runner_id}/jobs", jobs.list_jobs)
     r.add_get("/api/runners/{runner_id}/jobs/{job_id}", jobs.get_job)

@@ -23,11 +23,12 @@ async def heartbeat(request: web.Request) -> web.Response:
     runner_id = request.match_info["runner_id"]
     beat = await parse_body(request, Heartbeat)
     status = _STATE_TO_STATUS[beat.state]
-    change = await request.app[keys.STORE].record_heartbeat(
-        runner_id, beat.load, status, beat.heartbeat_interval, time.time()
-    )
+    now = time.time()
+    change = await request.app[keys.STORE].record_heartbeat(runner_id, beat.load, status, beat.heartbeat_interval, now)
     if change is None:
         raise RunnerNotFound(runner_id)
+    if beat.samples:
+        await request.app[keys.METRICS_STORE].add_samples(runner_id, beat.samples, now)
     if change.old_status != change.new_status:
         request.app[keys.HUB].publish(events.status_change(change))
     request.app[keys.DISPATCHER].kick(runner_id)
@@ -37,6 +38,8 @@ async def heartbeat(request: web.Request) -> web.Response:
 async def ingest_events(request: web.Request) -> web.Response:
     runner_id = request.match_info["runner_id"]
     batch = await parse_body(request, EventBatch)
+    metrics, metrics_store = request.app[keys.PROMETHEUS], request.app[keys.METRICS_STORE]
+    mark = await metrics.mark_before(metrics_store, runner_id)
     applied = await request.app[keys.STORE].apply_events(runner_id, batch.events)
     if applied is None:
         raise RunnerNotFound(runner_id)
@@ -46,4 +49,5 @@ async def ingest_events(request: web.Request) -> web.Response:
         hub.publish(events.status_change(change))
         if change.new_status in TERMINAL_JOB_STATUSES:
             request.app[keys.ESTIMATOR].job_finished(runner_id)
+    await metrics.observe_ingest(metrics_store, runner_id, batch.events, mark, acked, changes)
     return json_response(EventAck(acked_seq=acked))

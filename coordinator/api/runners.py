@@ -95,7 +95,12 @@ async def list_runners(request: web.Request) -> web.Response:
 async def get_runner(request: web.Request) -> web.Response:
     runner = await get_runner_or_404(request)
     statistics = await request.app[keys.STORE].statistics(runner.id)
-    return json_response(runner_view(runner, statistics))
+    view = runner_view(runner, statistics)
+    if view.statistics is not None:
+        view.statistics.uptime_percentage = await request.app[keys.METRICS_STORE].uptime_percentage(
+            runner.id, runner.registered_at, time.time()
+        )
+    return json_response(view)
 
 
 async def update_runner(request: web.Request) -> web.Response:

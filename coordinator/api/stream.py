@@ -1,12 +1,22 @@
-"""``WS /runners/ws``: live runner and job events."""
+"""``WS /runners/ws``: live runner and job events.
+
+``?runner_id=`` narrows the stream to one runner, ``?events=a,b`` to some event types. Browsers, which cannot set
+headers on a WebSocket, may authenticate with ``?token=`` (see ``coordinator.auth``).
+
+Each connection has three tasks: one sends queued events, one reads the client's frames (so pings, pongs and
+the close handshake are processed), and the handler waits for whichever ends first, or for the hub to tell it
+to close (client too slow, coordinator shutting down).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from coordinator import keys
+from coordinator.hub import Subscriber
 from shared.errors import InvalidRequest
 
 EVENT_TYPES = frozenset(
@@ -22,42 +32,55 @@ async def runner_updates(request: web.Request) -> web.WebSocketResponse:
         raise InvalidRequest(
             f"Unknown event type(s): {', '.join(sorted(unknown))}", field="events", allowed=sorted(EVENT_TYPES)
         )
-    ws = web.WebSocketResponse(heartbeat=30)
-    await ws.prepare(request)
     hub = request.app[keys.HUB]
+    ws = web.WebSocketResponse(heartbeat=30, timeout=hub.close_timeout)
+    await ws.prepare(request)
     sub = hub.subscribe(runner_id, wanted)
-    hub.track(ws)
-    reader = asyncio.get_running_loop().create_task(_drain_incoming(ws), name="ws:reader")
-    getter: asyncio.Future[str | None] | None = None
+    sender = asyncio.create_task(_send_events(ws, sub), name="ws:sender")
+    reader = asyncio.create_task(_read_frames(ws), name="ws:reader")
+    told = asyncio.create_task(sub.stopping.wait(), name="ws:stopping")
     try:
-        while not ws.closed:
-            # Wait for the next event or for the client to go away, whichever comes first: a closed
-            # connection must not keep this handler (and the coordinator's shutdown) waiting for an event.
-            getter = asyncio.ensure_future(sub.queue.get())
-            await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
-            if not getter.done():
-                getter.cancel()
-                break
-            text = getter.result()
-            if text is None:
-                await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"client too slow: event queue overflowed")
-                break
-            await ws.send_str(text)
-    except (ConnectionResetError, RuntimeError):
-        pass
+        await asyncio.wait({sender, reader, told}, return_when=asyncio.FIRST_COMPLETED)
+        if not ws.closed:
+            await _close(request, ws, sub.close_code or WSCloseCode.OK, sub.close_reason, hub.close_timeout)
     finally:
         hub.unsubscribe(sub)
-        hub.untrack(ws)
-        reader.cancel()
-        if getter is not None:
-            getter.cancel()
-        if not ws.closed:
-            await ws.close()
+        for task in (sender, reader, told):
+            task.cancel()
+        await asyncio.gather(sender, reader, told, return_exceptions=True)
     return ws
 
 
-async def _drain_incoming(ws: web.WebSocketResponse) -> None:
-    """Read (and ignore) client frames so pings, pongs and the close handshake are processed."""
+async def _send_events(ws: web.WebSocketResponse, sub: Subscriber) -> None:
+    with contextlib.suppress(ConnectionError, RuntimeError):  # the client went away mid-send
+        while sub.close_code is None:
+            text = await sub.queue.get()
+            if sub.close_code is not None:
+                break  # told to close: what is still queued is dropped
+            await ws.send_str(text)
+
+
+async def _read_frames(ws: web.WebSocketResponse) -> None:
+    """Read (and ignore) client frames; ends when the client closes or the connection fails."""
     async for message in ws:
-        if message.type in (WSMsgType.ERROR, WSMsgType.CLOSE):
+        if message.type is WSMsgType.ERROR:
             break
+
+
+async def _close(request: web.Request, ws: web.WebSocketResponse, code: int, reason: bytes, timeout: float) -> None:
+    """Send the close frame and end the connection, bounded by ``timeout`` even for a client that reads nothing.
+
+    A client that stopped reading leaves the transport paused, and writing the close frame may then wait for it:
+    past ``timeout`` the connection is dropped. Otherwise the close frame is queued behind what the client has
+    not read yet; if that is still unread ``timeout`` later, the connection is dropped then.
+    """
+    transport = request.transport
+    try:
+        async with asyncio.timeout(timeout):
+            await ws.close(code=code, message=reason, drain=False)
+    except TimeoutError:
+        if transport is not None:
+            transport.abort()
+        return
+    if transport is not None and transport.get_write_buffer_size() > 0:
+        asyncio.get_running_loop().call_later(timeout, transport.abort)

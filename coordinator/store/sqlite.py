@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from coordinator.store import metrics as metrics_schema
 from coordinator.store.base import (
     AttemptRecord,
     JobRecord,
@@ -103,6 +104,8 @@ MIGRATIONS: list[str] = [
     CREATE INDEX log_entries_job ON log_entries(job_id, seq);
     CREATE INDEX log_entries_time ON log_entries(runner_id, ts)
     """,
+    # 3: metric history: raw load samples and their rollups (see coordinator/store/metrics.py)
+    metrics_schema.MIGRATION,
 ]
 
 LEVELS = {"debug": 10, "info": 20, "warn": 30, "error": 40}
