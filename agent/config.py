@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
 from shared.config import Settings, load_settings
-from shared.models import DockerConfig, Label, ResourceLimits
+from shared.models import MIN_MASKED_LENGTH, DockerConfig, EnvName, Label, ResourceLimits
 
 ENV_OVERRIDES = {
     "RUSTCI_COORDINATOR_URL": "coordinator.url",
@@ -108,6 +108,20 @@ class AgentConfig(Settings):
     """On SIGTERM, how long running jobs may finish before they are cancelled."""
     environment: dict[str, str] = Field(default_factory=dict)
     """Variables every job sees (a job's own ``environment`` wins)."""
+    secrets: dict[EnvName, Annotated[str, Field(min_length=MIN_MASKED_LENGTH)]] = Field(default_factory=dict)
+    """Runner-level secrets: every job sees them like ``environment``, and its logs show them as ``[MASKED]``
+    (their base64 and URL-encoded forms too)."""
+    max_log_line_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    """A longer output line is logged in pieces of this size, each but the last marked `` [continued]``."""
+    job_log_limit_bytes: int = Field(default=100 * 1024 * 1024, ge=64 * 1024, le=1024**4)
+    """Output one attempt of a job may log. Past it the head and the tail are kept, with one entry saying how much
+    was dropped between them; a job with ``on_log_limit: fail`` fails instead."""
+    job_log_tail_bytes: int = Field(default=1024 * 1024, ge=0, le=1024**3)
+    """How much of the end of an over-limit log is kept (held in memory until the attempt ends); the head is the
+    limit minus this."""
+    log_spool_max_bytes: int = Field(default=256 * 1024 * 1024, ge=64 * 1024, le=1024**4)
+    """Undelivered events kept on disk while the coordinator cannot be reached; past it the oldest log entries are
+    dropped (never job or step state), and one entry says how many."""
     resource_limits: ResourceLimits = Field(default_factory=ResourceLimits)
     """Limits for each job's container or pod (Docker, Kubernetes executors)."""
     docker_config: DockerConfig = Field(default_factory=DockerConfig)
@@ -125,6 +139,12 @@ class AgentConfig(Settings):
         if self.listen.host in ("0.0.0.0", "::", ""):
             return socket.gethostname()
         return self.listen.host
+
+    @model_validator(mode="after")
+    def _tail_within_limit(self) -> AgentConfig:
+        if self.job_log_tail_bytes >= self.job_log_limit_bytes:
+            raise ValueError("job_log_tail_bytes must be smaller than job_log_limit_bytes")
+        return self
 
 
 def load(path: Path | None) -> AgentConfig:

@@ -42,7 +42,7 @@ log = structlog.get_logger(__name__)
 
 def make_executor(config: AgentConfig) -> Executor:
     if config.runner.type in ("native", "local"):
-        return NativeExecutor(kill_grace_period=config.kill_grace_period)
+        return NativeExecutor(kill_grace_period=config.kill_grace_period, max_line=config.max_log_line_bytes)
     raise ValueError(f"executor '{config.runner.type}' is not available in this build")
 
 
@@ -67,7 +67,7 @@ class Agent:
         self.store = AgentStore(config.state_dir / "agent.db")
         self.client = CoordinatorClient(config.coordinator.url, config.coordinator.request_timeout)
         self._identity: Identity | None = None
-        self.outbox = Outbox(self.store, self.identity)
+        self.outbox = Outbox(self.store, self.identity, spool_max_bytes=config.log_spool_max_bytes)
         self.metrics = AgentMetrics(config.metrics_buffer)
         self.executor = make_executor(config)
         self.job_runner = JobRunner(config, self.metrics.instrument(self.executor), self.outbox)

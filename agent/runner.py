@@ -14,8 +14,9 @@ from typing import Any
 
 import structlog
 
+from agent import logsink
 from agent.config import AgentConfig
-from agent.executors.base import Executor, ExecutorError, JobContext, StepContext, Stream
+from agent.executors.base import Executor, ExecutorError, JobContext, OutputSink, StepContext
 from agent.shipping import Outbox
 from agent.store import StoredJob
 from shared.timeutil import isoformat, utcnow
@@ -47,6 +48,7 @@ class JobRunner:
         self.config = config
         self.executor = executor
         self.outbox = outbox
+        self._logs: dict[tuple[str, int], logsink.JobLog] = {}
 
     async def run(self, job: StoredJob, cancel_reason: dict[str, str]) -> Outcome:
         """Run every attempt the job has left. ``cancel_reason[job_id]`` is set before the task is cancelled."""
@@ -75,6 +77,7 @@ class JobRunner:
             workspace=self.config.workspaces / job.job_id / str(attempt),
             environment=self._job_environment(job, attempt),
         )
+        logs = self._open_log(job, attempt)
         await self.outbox.transition(
             job.job_id,
             "running",
@@ -94,13 +97,14 @@ class JobRunner:
             outcome = Outcome("failed", reason=str(e))
         except asyncio.CancelledError:
             reason = cancel_reason.get(job.job_id)
-            if reason is None:
+            if reason is None and logs.failure is None:
                 raise
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()  # a deliberate cancel is this job's outcome, not the task's end
-            outcome = Outcome("cancelled", reason=reason)
+            outcome = Outcome("cancelled", reason=reason) if reason else Outcome("failed", reason=logs.failure)
         finally:
+            self._logs.pop((job.job_id, attempt)).close()  # the held tail goes out before the report
             policy = self.config.cleanup_policy
             succeeded = outcome is not None and outcome.status == "completed"
             if policy == "always" or (policy == "on_success" and succeeded):
@@ -126,7 +130,8 @@ class JobRunner:
                 status, code = "timed_out", None
             except (asyncio.CancelledError, ExecutorError):
                 # The job ends here; record the step as such before the error travels on.
-                await asyncio.shield(self._finish_step(context, index, step.name, "cancelled", None, started))
+                ended = "failed" if self._logs[(context.job_id, context.attempt)].failure else "cancelled"
+                await asyncio.shield(self._finish_step(context, index, step.name, ended, None, started))
                 raise
             await self._finish_step(context, index, step.name, status, code, started)
             bound.debug("step finished", step=step.name, status=status, exit_code=code)
@@ -188,26 +193,29 @@ class JobRunner:
             "RUSTCI_JOB_ATTEMPT": str(attempt),
             "RUSTCI_RUNNER_ID": job.assignment.runner_id,
         }
-        return {**inherited, **self.config.environment, **job.assignment.spec.environment, **builtin}
+        spec = job.assignment.spec
+        return {**inherited, **self.config.environment, **self.config.secrets, **spec.environment, **builtin}
 
-    def _sink(self, context: JobContext, step: str) -> Any:
-        line = self.outbox.line
+    def _open_log(self, job: StoredJob, attempt: int) -> logsink.JobLog:
+        """The attempt's output path: secrets masked and the size policy applied before anything is spooled."""
+        spec = job.assignment.spec
+        masked = [spec.environment[name] for name in spec.masked if name in spec.environment]
+        masked += [step.env[name] for step in spec.steps for name in spec.masked if name in step.env]
+        task = asyncio.current_task()  # the job's own task: failing on the log limit cancels the running step
+        self._logs[(job.job_id, attempt)] = logs = logsink.JobLog(
+            self.outbox,
+            job.job_id,
+            attempt,
+            secrets=[*self.config.secrets.values(), *masked],
+            limit=self.config.job_log_limit_bytes,
+            tail=self.config.job_log_tail_bytes,
+            fail_on_limit=spec.on_log_limit == "fail",
+            on_failure=task.cancel if task is not None else lambda: None,
+        )
+        return logs
 
-        def output(stream: Stream, text: str) -> None:
-            line(
-                {
-                    "kind": "log",
-                    "at": _now(),
-                    "level": "info" if stream == "stdout" else "warn",
-                    "message": text,
-                    "job_id": context.job_id,
-                    "step": step,
-                    "stream": stream,
-                    "attempt": context.attempt,
-                }
-            )
-
-        return output
+    def _sink(self, context: JobContext, step: str) -> OutputSink:
+        return self._logs[(context.job_id, context.attempt)].sink(step)
 
     @staticmethod
     def _step_event(context: JobContext, index: int, name: str, status: str) -> dict[str, Any]:

@@ -5,14 +5,25 @@ shipper sends whatever is pending as one batch, the coordinator applies what is 
 acknowledges the highest sequence it stored, and only then are those entries deleted. Resending after any
 failure or restart is therefore always safe.
 
-Log lines are buffered in memory only until the single writer's next transaction (no timer: whatever arrives
-while a write is in flight goes into the next one). A job transition flushes the buffered lines first, so a
-step's output always precedes its ``finished`` event.
+Log lines arrive already encoded (see ``agent/logsink.py``) and are buffered in memory only until the single
+writer's next transaction (no timer: whatever arrives while a write is in flight goes into the next one). A
+job transition writes the buffered lines first, so a step's output always precedes its ``finished`` event.
+
+The spool is bounded, on disk and in memory, and never makes a job wait:
+
+- On disk (``spool_max_bytes``): when the unacknowledged entries pass the bound — the coordinator has been
+  unreachable for a while — the oldest undelivered *log* entries are deleted (never job or step state
+  events, never an entry already on its way) down to 90 % of the bound, and one ``warn`` entry says how many
+  were dropped. While that entry is still undelivered, later drops update its count instead of adding more.
+- In memory (``memory_max_bytes``): if the writer ever falls that far behind (a stalled disk), the oldest
+  buffered lines are dropped the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import sqlite3
 from collections.abc import Callable
 from typing import Any
 
@@ -20,50 +31,221 @@ import structlog
 
 from agent.coordinator_client import CoordinatorClient, CoordinatorUnreachable
 from agent.identity import Identity
+from agent.logsink import now
 from agent.store import AgentStore
 from shared.errors import ApiError, AuthenticationRequired, RunnerNotFound
 
 log = structlog.get_logger(__name__)
 
 BATCH_LIMIT = 2000
+"""Most entries in one batch."""
+BATCH_BYTES = 2 * 1024 * 1024
+"""A batch stops growing past this size (well under the coordinator's body limit), whatever the line length."""
 MAX_BACKOFF = 5.0
+DEFAULT_SPOOL_MAX_BYTES = 256 * 1024 * 1024
+DEFAULT_MEMORY_MAX_BYTES = 16 * 1024 * 1024
+SPOOL_LOW_WATER = 0.9
+"""A drop frees the spool down to this fraction of its bound, so drops come in few, large steps."""
+
+
+def _encode(event: dict[str, Any]) -> str:
+    # Same encoding as AgentStore: compact and ASCII-only, so a body's length is its size in bytes.
+    return json.dumps(event, separators=(",", ":"))
 
 
 class Outbox:
-    def __init__(self, store: AgentStore, identity: Callable[[], Identity]) -> None:
+    def __init__(
+        self,
+        store: AgentStore,
+        identity: Callable[[], Identity],
+        spool_max_bytes: int = DEFAULT_SPOOL_MAX_BYTES,
+        memory_max_bytes: int = DEFAULT_MEMORY_MAX_BYTES,
+    ) -> None:
         self._store = store
         self._identity = identity
-        self._lines: list[dict[str, Any]] = []
+        self.spool_max_bytes = spool_max_bytes
+        self.memory_max_bytes = memory_max_bytes
+        self._lines: list[str] = []
+        self._lines_bytes = 0
         self._lines_waiting = asyncio.Event()
         self.pending = asyncio.Event()
         """Set whenever new entries are durable: the shipper's cue."""
+        # Touched only inside database operations (one thread, one at a time), so they need no lock.
+        self._spool_bytes: int | None = None  # size of the outbox table, counted once then kept up to date
+        self._sent_upto = 0  # highest sequence handed to the shipper: never dropped, it may be delivered
+        self._notice: tuple[int, int, int] | None = None  # undelivered drop entry: (seq, entries, bytes)
+        # Lines shed from memory, to be counted in the next drop entry (touched on the loop only).
+        self._shed = (0, 0)
+        self.dropped_entries = 0
+        """Log entries dropped since start (spool or memory full): for tests and metrics."""
+
+    # --- writing ---------------------------------------------------------------------------------------
 
     async def transition(self, job_id: str, status: str, attempt: int, *events: dict[str, Any]) -> None:
         """Record a job's state and queue the events that report it, after any buffered lines."""
-        lines, self._lines = self._lines, []
-        await self._store.transition(job_id, status, attempt, [*lines, *events], self._identity().runner_id)
+        await self._write([])
+        bodies = [_encode(event) for event in events]
+        await self._store.transition(job_id, status, attempt, list(events), self._identity().runner_id)
+        await self._store.db.run(lambda conn: self._grew(conn, sum(map(len, bodies))))
         self.pending.set()
 
     async def emit(self, *events: dict[str, Any]) -> None:
-        lines, self._lines = self._lines, []
-        await self._store.append_events(self._identity().runner_id, [*lines, *events])
-        self.pending.set()
+        await self._write([_encode(event) for event in events])
 
-    def line(self, entry: dict[str, Any]) -> None:
-        """Queue a log entry without waiting (called for every line a step prints)."""
-        self._lines.append(entry)
+    def line(self, body: str) -> None:
+        """Queue an encoded log entry without waiting (called for every line a step prints)."""
+        self._lines.append(body)
+        self._lines_bytes += len(body)
+        if self._lines_bytes > self.memory_max_bytes:
+            self._shed_oldest()
         self._lines_waiting.set()
 
     async def run_writer(self) -> None:
         while True:
             await self._lines_waiting.wait()
             self._lines_waiting.clear()
-            if self._lines:
-                await self.emit()
+            await self._write([])
 
     async def flush(self) -> None:
-        if self._lines:
-            await self.emit()
+        await self._write([])
+
+    def _shed_oldest(self) -> None:
+        """The writer is far behind: drop the oldest buffered lines, down to half the memory bound."""
+        count, size = 0, 0
+        while self._lines_bytes > self.memory_max_bytes // 2:
+            dropped = len(self._lines[count])
+            self._lines_bytes -= dropped
+            size += dropped
+            count += 1
+        del self._lines[:count]
+        self._shed = (self._shed[0] + count, self._shed[1] + size)
+        self.dropped_entries += count
+        log.warning("log writer fell behind; dropped buffered log lines", dropped=count)
+
+    async def _write(self, bodies: list[str]) -> None:
+        lines, self._lines, self._lines_bytes = self._lines, [], 0
+        shed, self._shed = self._shed, (0, 0)
+        rows = [*lines, *bodies]
+        if not rows and not shed[0]:
+            return
+        runner_id = self._identity().runner_id
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.executemany("INSERT INTO outbox (runner_id, body) VALUES (?, ?)", [(runner_id, r) for r in rows])
+            if shed[0]:
+                self._record_drop(conn, runner_id, *shed)
+            self._grew(conn, sum(map(len, rows)))
+
+        await self._store.db.run(op)
+        self.pending.set()
+
+    # --- the spool bound (database thread) -----------------------------------------------------------------
+
+    def _grew(self, conn: sqlite3.Connection, added: int) -> None:
+        if self._spool_bytes is None:
+            self._spool_bytes = int(conn.execute("SELECT COALESCE(SUM(length(body)), 0) FROM outbox").fetchone()[0])
+        else:
+            self._spool_bytes += added
+        if self._spool_bytes > self.spool_max_bytes:
+            self._drop_oldest(conn)
+
+    def _drop_oldest(self, conn: sqlite3.Connection) -> None:
+        assert self._spool_bytes is not None
+        need = self._spool_bytes - int(self.spool_max_bytes * SPOOL_LOW_WATER)
+        notice = self._notice[0] if self._notice else 0
+        rows = conn.execute(
+            "SELECT seq, runner_id, length(body) FROM outbox"
+            " WHERE seq > ? AND seq != ? AND json_extract(body, '$.kind') = 'log' ORDER BY seq",
+            (self._sent_upto, notice),
+        )
+        count = freed = last = 0
+        runner_id = ""
+        for seq, owner, size in rows:
+            count, freed, last, runner_id = count + 1, freed + size, seq, owner
+            if freed >= need:
+                break
+        rows.close()
+        if not count:
+            return  # nothing droppable: state events and entries in flight are all that is left
+        conn.execute(
+            "DELETE FROM outbox WHERE seq > ? AND seq <= ? AND seq != ? AND json_extract(body, '$.kind') = 'log'",
+            (self._sent_upto, last, notice),
+        )
+        self._spool_bytes -= freed
+        self.dropped_entries += count
+        self._record_drop(conn, runner_id, count, freed)
+
+    def _record_drop(self, conn: sqlite3.Connection, runner_id: str, count: int, size: int) -> None:
+        """Say what was dropped: update the drop entry still waiting to be sent, else write a new one."""
+        if self._notice is not None and self._notice[0] > self._sent_upto:
+            seq, count, size = self._notice[0], self._notice[1] + count, self._notice[2] + size
+            body = self._notice_body(count, size)
+            old = conn.execute("SELECT length(body) FROM outbox WHERE seq = ?", (seq,)).fetchone()
+            if old is not None:
+                conn.execute("UPDATE outbox SET body = ? WHERE seq = ?", (body, seq))
+                self._notice = (seq, count, size)
+                self._spool_bytes = (self._spool_bytes or 0) + len(body) - int(old[0])
+                return
+        body = self._notice_body(count, size)
+        cursor = conn.execute("INSERT INTO outbox (runner_id, body) VALUES (?, ?)", (runner_id, body))
+        assert cursor.lastrowid is not None
+        self._notice = (cursor.lastrowid, count, size)
+        self._spool_bytes = (self._spool_bytes or 0) + len(body)
+        log.warning("log spool full; dropped undelivered log entries", dropped=count, dropped_bytes=size)
+
+    def _notice_body(self, count: int, size: int) -> str:
+        message = (
+            f"Dropped {count} log entries ({size} bytes) that had not reached the coordinator:"
+            f" the agent's log spool is limited to {self.spool_max_bytes} bytes"
+        )
+        return _encode({"kind": "log", "at": now(), "level": "warn", "message": message, "stream": "system"})
+
+    # --- reading and acknowledging (the shipper) ------------------------------------------------------------
+
+    async def pending_batch(self, runner_id: str) -> list[tuple[int, str]]:
+        """The oldest unacknowledged entries, at most BATCH_LIMIT of them and about BATCH_BYTES."""
+
+        def op(conn: sqlite3.Connection) -> list[tuple[int, str]]:
+            rows = conn.execute(
+                "SELECT seq, body FROM outbox WHERE runner_id = ? ORDER BY seq LIMIT ?", (runner_id, BATCH_LIMIT)
+            )
+            batch: list[tuple[int, str]] = []
+            size = 0
+            for seq, body in rows:
+                batch.append((int(seq), str(body)))
+                size += len(body)
+                if size >= BATCH_BYTES:
+                    break
+            rows.close()
+            if batch:
+                self._sent_upto = max(self._sent_upto, batch[-1][0])
+            elif self._spool_bytes is not None:
+                # Nothing pending: recount, so the running total cannot drift (another runner's rows, say).
+                self._spool_bytes = int(conn.execute("SELECT COALESCE(SUM(length(body)), 0) FROM outbox").fetchone()[0])
+            return batch
+
+        return await self._store.db.run(op)
+
+    async def acknowledge(self, runner_id: str, upto: int) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            freed = conn.execute(
+                "SELECT COALESCE(SUM(length(body)), 0) FROM outbox WHERE runner_id = ? AND seq <= ?", (runner_id, upto)
+            ).fetchone()[0]
+            conn.execute("DELETE FROM outbox WHERE runner_id = ? AND seq <= ?", (runner_id, upto))
+            if self._spool_bytes is not None:
+                self._spool_bytes -= int(freed)
+
+        await self._store.db.run(op)
+
+    async def spool_bytes(self) -> int:
+        """The size of the unacknowledged entries on disk."""
+
+        def op(conn: sqlite3.Connection) -> int:
+            if self._spool_bytes is None:
+                self._grew(conn, 0)
+            return self._spool_bytes or 0
+
+        return await self._store.db.run(op)
 
 
 class Shipper:
@@ -89,7 +271,7 @@ class Shipper:
             self._outbox.pending.clear()
             while True:
                 identity = self._identity()
-                batch = await self._store.pending_events(identity.runner_id, BATCH_LIMIT)
+                batch = await self._outbox.pending_batch(identity.runner_id)
                 if not batch:
                     break
                 try:
@@ -111,7 +293,7 @@ class Shipper:
                     backoff = min(backoff * 2, MAX_BACKOFF)
                     continue
                 backoff = 0.05
-                await self._store.acknowledge(identity.runner_id, acked)
+                await self._outbox.acknowledge(identity.runner_id, acked)
 
     async def _send(self, identity: Identity, batch: list[tuple[int, str]]) -> int:
         # Bodies are stored as JSON objects without their sequence number; splice it in front.

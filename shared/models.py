@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, ValidationInfo, field_validator
 
 from shared.timeutil import isoformat
 
@@ -129,6 +129,8 @@ class Ok(Response):
 # --- jobs --------------------------------------------------------------------------------------------------
 
 EnvName = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+MIN_MASKED_LENGTH = 4
+"""A masked value shorter than this is refused: masking it would garble ordinary output."""
 MAX_TIMEOUT = 7 * 24 * 3600
 
 
@@ -156,6 +158,10 @@ class JobSubmission(Request):
     environment: dict[EnvName, str] = Field(default_factory=dict)
     timeout: int | None = Field(default=None, gt=0, le=MAX_TIMEOUT)
     retry_count: int = Field(default=0, ge=0, le=10)
+    masked: list[EnvName] = Field(default_factory=list, max_length=100)
+    """Variables (of ``environment`` or a step's ``env``) whose values the logs show as ``[MASKED]``."""
+    on_log_limit: Literal["truncate", "fail"] = "truncate"
+    """Past the runner's per-job log limit: keep the head and the tail of the log, or fail the job."""
 
     @field_validator("steps")
     @classmethod
@@ -166,6 +172,25 @@ class JobSubmission(Request):
                 raise ValueError(f"step names must be unique; '{step.name}' appears twice")
             seen.add(step.name)
         return steps
+
+    @field_validator("masked")
+    @classmethod
+    def _maskable(cls, names: list[str], info: ValidationInfo) -> list[str]:
+        if "environment" not in info.data or "steps" not in info.data:
+            return names  # their own errors are reported
+        environment: dict[str, str] = info.data["environment"]
+        steps: list[StepSpec] = info.data["steps"]
+        for name in names:
+            values = [environment[name]] if name in environment else []
+            values += [step.env[name] for step in steps if name in step.env]
+            if not values:
+                raise ValueError(f"masked variable '{name}' is not set in environment or in any step's env")
+            if any(len(value) < MIN_MASKED_LENGTH for value in values):
+                raise ValueError(
+                    f"masked variable '{name}' is shorter than {MIN_MASKED_LENGTH} characters;"
+                    " masking so short a value would garble the logs"
+                )
+        return names
 
 
 class JobSubmitResponse(Response):
