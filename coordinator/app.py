@@ -15,6 +15,7 @@ from coordinator.metrics import CoordinatorMetrics
 from coordinator.middlewares import setup_middlewares
 from coordinator.proxy import AgentClient
 from coordinator.routes import setup_routes
+from coordinator.sse import setup_log_feed
 from coordinator.store.metrics import MetricsStore, Retention
 from coordinator.store.sqlite import SqliteStore
 from shared.tasks import TaskSet
@@ -83,6 +84,7 @@ def make_app(config: CoordinatorConfig) -> web.Application:
     app[keys.PROMETHEUS] = CoordinatorMetrics()
     setup_middlewares(app)
     setup_routes(app)
+    setup_log_feed(app)
     app.cleanup_ctx.extend([_store, _agents, _hub, _dispatcher, _background, _metric_history])
     # WebSocket clients are closed before the cleanup contexts unwind.
     app.on_shutdown.append(lambda a: a[keys.HUB].close())

@@ -80,6 +80,14 @@ class WebSocketSettings(Settings):
     """How long a closing client gets to answer the close handshake before its connection is dropped."""
 
 
+class LogStream(Settings):
+    keepalive_interval: float = Field(default=15.0, gt=0, le=300)
+    """Seconds between keep-alive comments on a followed log (``GET /runners/{id}/logs?follow=true``); a client
+    that went away is noticed at the next one at the latest."""
+    queue_limit: int = Field(default=10_000, ge=1, le=10_000_000)
+    """Live entries waiting for one follower; a follower further behind catches up from the database instead."""
+
+
 class Log(Settings):
     level: str = Field(default="info", pattern=r"^(?i:debug|info|warning|warn|error)$")
     format: str = Field(default="auto", pattern=r"^(json|console|auto)$")
@@ -96,6 +104,7 @@ class CoordinatorConfig(Settings):
     agents: Agents = Field(default_factory=Agents)
     metrics: MetricsHistory = Field(default_factory=MetricsHistory)
     websocket: WebSocketSettings = Field(default_factory=WebSocketSettings)
+    log_stream: LogStream = Field(default_factory=LogStream)
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024, le=1024**3)
     """Largest request body accepted."""
     log: Log = Field(default_factory=Log)

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from coordinator.hub import Hub
     from coordinator.metrics import CoordinatorMetrics
     from coordinator.proxy import AgentClient
+    from coordinator.sse import LogFeed
     from coordinator.store.base import Store
     from coordinator.store.metrics import MetricsStore
 
@@ -25,6 +26,7 @@ AGENTS: web.AppKey[AgentClient] = web.AppKey("agents")
 DISPATCHER: web.AppKey[Dispatcher] = web.AppKey("dispatcher")
 ESTIMATOR: web.AppKey[Estimator] = web.AppKey("estimator")
 HUB: web.AppKey[Hub] = web.AppKey("hub")
+LOG_FEED: web.AppKey[LogFeed] = web.AppKey("log_feed")
 PROMETHEUS: web.AppKey[CoordinatorMetrics] = web.AppKey("prometheus")
 METRICS_STORE: web.AppKey[MetricsStore] = web.AppKey("metrics_store")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from coordinator.api import agents, bulk, control, health, jobs, runners, status, stream
+from coordinator.api import agents, bulk, control, health, jobs, logs, runners, status, stream
 
 
 def setup_routes(app: web.Application) -> None:
@@ -34,3 +34,4 @@ def setup_routes(app: web.Application) -> None:
     # Agent → coordinator channel.
     r.add_post("/api/runners/{runner_id}/heartbeat", agents.heartbeat)
     r.add_post("/api/runners/{runner_id}/events", agents.ingest_events)
+    r.add_get("/api/runners/{runner_id}/logs", logs.get_logs)

@@ -44,6 +44,7 @@ async def ingest_events(request: web.Request) -> web.Response:
     if applied is None:
         raise RunnerNotFound(runner_id)
     acked, changes = applied
+    request.app[keys.LOG_FEED].publish(runner_id, batch.events)  # live log followers (SSE)
     hub = request.app[keys.HUB]
     for change in changes:
         hub.publish(events.status_change(change))
