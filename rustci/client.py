@@ -231,10 +231,13 @@ class RustCIClient:
         level: str | None = None,
         job_id: str | None = None,
         step: str | None = None,
+        idle_timeout: float | None = None,
     ) -> Iterator[dict[str, Any]]:
         """Log entries as they are stored (``follow=true``, Server-Sent Events), until the server ends the stream.
 
-        Blocks between entries; stop by breaking out of the loop (the connection is closed then).
+        Blocks between entries; stop by breaking out of the loop (the connection is closed then). With
+        ``idle_timeout``, a stream silent for that long (keep-alives count as traffic) raises
+        ``requests.ConnectionError``; keep it above the coordinator's ``log_stream.keepalive_interval``.
         """
         options = {"since": since, "level": level, "job_id": job_id, "step": step, "follow": "true"}
         with self.session.get(
@@ -242,7 +245,7 @@ class RustCIClient:
             params={k: v for k, v in options.items() if v is not None},
             headers={"Accept": "text/event-stream"},
             stream=True,
-            timeout=(self.timeout, None),
+            timeout=(self.timeout, idle_timeout),
         ) as response:
             if response.status_code >= 400:
                 try:

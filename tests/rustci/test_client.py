@@ -212,3 +212,39 @@ def test_log_stream_parsing_keeps_log_events_only() -> None:
         {"message": "one", "level": "info"},
         {"message": "unnamed events are messages"},
     ]
+
+
+async def test_status_health_metrics_and_logs(client: RustCIClient, start_agent: StartAgent) -> None:
+    agent = await start_agent()
+    runner_id = agent.identity().runner_id
+
+    status = await call(client.get_runner_status, runner_id)
+    assert status["runner_id"] == runner_id
+    assert status["status"] == "active"
+    health = await call(client.get_runner_health, runner_id)
+    assert health["runner_id"] == runner_id
+    assert health["checks"]["connectivity"]["status"] == "pass"
+    metrics = await call(client.get_runner_metrics, runner_id, period="1h", resolution="1m")
+    assert metrics["runner_id"] == runner_id
+    assert metrics["period"] == "1h" and metrics["resolution"] == "1m"
+
+    job = {"name": "logged", "steps": [{"name": "say", "run": "echo sdk-log-marker"}]}
+    job_id = (await call(client.submit_job, runner_id, job))["job_id"]
+    assert (await call(client.wait_for_job, runner_id, job_id, timeout=30))["status"] == "completed"
+    # A job's outcome is applied after the log entries it printed, so they are all stored by now.
+    page = await call(client.get_runner_logs, runner_id, job_id=job_id, step="say")
+    assert "sdk-log-marker" in [entry["message"] for entry in page["logs"]]
+
+    def first_marker() -> dict[str, Any]:
+        for entry in client.follow_runner_logs(runner_id, job_id=job_id, idle_timeout=30):
+            if entry["message"] == "sdk-log-marker":
+                return entry
+        raise AssertionError("the stream ended without the marker")
+
+    followed = await call(first_marker)
+    assert followed["context"]["job_id"] == job_id
+
+
+async def test_unknown_runner_has_no_logs_to_follow(client: RustCIClient) -> None:
+    with pytest.raises(errors.RunnerNotFound):
+        await call(lambda: next(client.follow_runner_logs("runner_missing", idle_timeout=5)))
