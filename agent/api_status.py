@@ -92,7 +92,9 @@ async def health(request: web.Request) -> web.Response:
 
 async def prometheus(request: web.Request) -> web.Response:
     agent = request.app[AGENT]
-    await agent.metrics.refresh(agent.store.db, agent.supervisor.active_jobs, agent.supervisor.queued_jobs)
+    await agent.metrics.refresh(
+        agent.store.db, agent.supervisor.active_jobs, agent.supervisor.queued_jobs, agent.outbox.dropped_entries
+    )
     return web.Response(body=agent.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

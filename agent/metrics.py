@@ -37,10 +37,10 @@ STEP_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 1800, 3600, 72
 class SampleBuffer:
     """Unsent load samples, oldest first, at most ``limit`` (the oldest are dropped, and counted, past it)."""
 
-    def __init__(self, limit: int, dropped: Counter) -> None:
+    def __init__(self, limit: int) -> None:
         self.limit = limit
         self._items: deque[MetricSample] = deque()
-        self._dropped = dropped
+        self.dropped = 0
 
     def __len__(self) -> int:
         return len(self._items)
@@ -48,7 +48,7 @@ class SampleBuffer:
     def add(self, sample: MetricSample) -> None:
         if len(self._items) >= self.limit:
             self._items.popleft()
-            self._dropped.inc()
+            self.dropped += 1
         self._items.append(sample)
 
     def pending(self, limit: int) -> list[MetricSample]:
@@ -74,6 +74,7 @@ class _Scraped(Collector):
         self.outcomes: dict[str, int] = {}
         self.spool_bytes = 0
         self.spool_events = 0
+        self.dropped: dict[str, int] = {}
         self.samples_buffered = 0
 
     def collect(self) -> Iterator[Metric]:
@@ -93,6 +94,15 @@ class _Scraped(Collector):
         yield GaugeMetricFamily(
             "rustci_agent_spool_events", "Entries in the outbox not yet acknowledged.", value=self.spool_events
         )
+        dropped = CounterMetricFamily(
+            "rustci_agent_spool_dropped",
+            "Entries dropped because a bounded buffer was full while the coordinator could not be reached"
+            " (log_entries: the outbox; metric_samples: the load samples).",
+            labels=["kind"],
+        )
+        for kind in ("log_entries", "metric_samples"):
+            dropped.add_metric([kind], self.dropped.get(kind, 0))
+        yield dropped
         yield GaugeMetricFamily(
             "rustci_agent_metric_samples_buffered",
             "Load samples waiting for the next heartbeat to carry them.",
@@ -134,26 +144,21 @@ class AgentMetrics:
         self.heartbeat_failures = Counter(
             "rustci_agent_heartbeat_failures", "Heartbeats the coordinator did not accept.", registry=self.registry
         )
-        self.spool_dropped = Counter(
-            "rustci_agent_spool_dropped",
-            "Entries dropped because a bounded buffer was full (metric_samples: the coordinator was unreachable).",
-            ["kind"],
-            registry=self.registry,
-        )
         for phase in ("setup", "run_step", "cleanup"):
             self.executor_errors.labels(phase)
         self._scraped = _Scraped()
         self.registry.register(self._scraped)
-        self.samples = SampleBuffer(sample_limit, self.spool_dropped.labels("metric_samples"))
+        self.samples = SampleBuffer(sample_limit)
 
     # --- Prometheus ----------------------------------------------------------------------------------------
 
-    async def refresh(self, db: Database, running: int, queued: int) -> None:
+    async def refresh(self, db: Database, running: int, queued: int, log_entries_dropped: int) -> None:
         """Read the live values; call right before :meth:`exposition`."""
         outcomes, spool_bytes, spool_events = await db.read(_read_store)
         scraped = self._scraped
         scraped.running, scraped.queued = running, queued
         scraped.outcomes, scraped.spool_bytes, scraped.spool_events = outcomes, spool_bytes, spool_events
+        scraped.dropped = {"log_entries": log_entries_dropped, "metric_samples": self.samples.dropped}
         scraped.samples_buffered = len(self.samples)
 
     def exposition(self) -> bytes:

@@ -7,14 +7,14 @@ two coordinators in one process, as in the tests, count separately).
   per runner), method and status, with latency; job and step durations, observed once when a job's terminal event
   is applied; log entries ingested.
 - Read from the store when scraped: runners by status and type, jobs by status (so they are right after a restart
-  and cost nothing between scrapes); WebSocket clients from the hub.
+  and cost nothing between scrapes); WebSocket clients from the hub, SSE log followers from the log feed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -37,6 +37,7 @@ class _Scraped(Collector):
         self.jobs: dict[str, int] = {}
         self.websocket_clients = 0
         self.websocket_slow = 0
+        self.sse_clients = 0
 
     def collect(self) -> Iterator[Metric]:
         runners = GaugeMetricFamily(
@@ -52,6 +53,9 @@ class _Scraped(Collector):
         yield jobs
         yield GaugeMetricFamily(
             "rustci_websocket_clients", "Clients connected to /api/runners/ws.", value=self.websocket_clients
+        )
+        yield GaugeMetricFamily(
+            "rustci_sse_clients", "Clients following a log as Server-Sent Events.", value=self.sse_clients
         )
         yield CounterMetricFamily(
             "rustci_websocket_slow_disconnects",
@@ -96,10 +100,6 @@ class CoordinatorMetrics:
         self.log_entries = Counter(
             "rustci_log_entries_ingested", "Log entries stored from agents.", registry=self.registry
         )
-        self.sse_clients = Gauge(
-            "rustci_sse_clients", "Clients following a Server-Sent Events stream.", registry=self.registry
-        )
-        """Moved by the SSE handlers themselves (``inc()`` on connect, ``dec()`` on leaving)."""
         self._scraped = _Scraped()
         self.registry.register(self._scraped)
         # Per runner, the highest event sequence already counted, so a batch the agent resends (its
@@ -108,11 +108,12 @@ class CoordinatorMetrics:
 
     # --- scrape --------------------------------------------------------------------------------------------
 
-    async def refresh(self, store: MetricsStore, hub: Hub) -> None:
+    async def refresh(self, store: MetricsStore, hub: Hub, sse_clients: int) -> None:
         """Read the values computed at scrape time; call right before :meth:`exposition`."""
         self._scraped.runners, self._scraped.jobs = await store.registry_counts()
         self._scraped.websocket_clients = hub.client_count
         self._scraped.websocket_slow = hub.slow_disconnects
+        self._scraped.sse_clients = sse_clients
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -163,5 +163,6 @@ async def runner_metrics(request: web.Request) -> web.Response:
 
 async def prometheus(request: web.Request) -> web.Response:
     metrics = request.app[keys.PROMETHEUS]
-    await metrics.refresh(request.app[keys.METRICS_STORE], request.app[keys.HUB])
+    app = request.app
+    await metrics.refresh(app[keys.METRICS_STORE], app[keys.HUB], app[keys.LOG_FEED].follower_count)
     return web.Response(body=metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})

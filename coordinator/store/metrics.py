@@ -212,20 +212,30 @@ def _uptime(conn: sqlite3.Connection, runner_id: str, start: float, now: float) 
             (SLOT, seq, FIVE_MINUTES, low, high),
         )
     )
-    hourly = conn.execute(
-        "SELECT COALESCE(SUM(slots), 0) FROM metric_rollups WHERE runner = ? AND width = ? AND ts >= ? AND ts < ?",
-        (seq, HOUR, low, high),
-    ).fetchone()[0]
+    # An hourly rollup says how many of its 5-minute slots had samples, not which: the hour that holds the
+    # window's start counts whole (there are no samples before registration; at the 30-day edge it is at most
+    # 11 slots of 8,640).
+    hourly = {
+        int(row[0]): int(row[1])
+        for row in conn.execute(
+            "SELECT ts, slots FROM metric_rollups WHERE runner = ? AND width = ? AND ts >= ? AND ts < ?",
+            (seq, HOUR, low // HOUR * HOUR, high),
+        )
+    }
+
+    def has_samples(slot: int) -> bool:
+        return slot in present or slot * SLOT // HOUR * HOUR in hourly
+
     total = last - first + 1
     # The slots at either end are only partly inside the window (registration, now): they count when they hold a
     # sample, and are left out otherwise, so a runner is not charged for the minutes before its first sample.
-    if first not in present:
+    if not has_samples(first):
         total -= 1
-    if last != first and last not in present:
+    if last != first and not has_samples(last):
         total -= 1
     if total <= 0:
         return 0.0
-    return round(min(100.0, 100.0 * (len(present) + int(hourly)) / total), 2)
+    return round(min(100.0, 100.0 * (len(present) + sum(hourly.values())) / total), 2)
 
 
 def _compact_runner(
@@ -332,7 +342,7 @@ class MetricsStore:
     async def compact(self, now: float) -> Compaction:
         raw_before_ms = int((now - self.retention.raw) // FIVE_MINUTES * FIVE_MINUTES) * 1000
         five_before = int((now - self.retention.five_minute) // HOUR * HOUR)
-        expire_before = int(now - self.retention.total)
+        expire_before = int(now - self.retention.total) // HOUR * HOUR  # whole hours past retention only
         runners = await self.db.read(lambda conn: [int(r[0]) for r in conn.execute("SELECT seq FROM runners")])
         total = Compaction()
         for seq in runners:
