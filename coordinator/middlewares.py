@@ -46,9 +46,12 @@ async def metrics_middleware(request: web.Request, handler: Any) -> web.StreamRe
     per runner id would grow without bound) and time it. Outermost, so it sees the status the client got."""
     started = time.perf_counter()
     status = 500
+    streamed = False
     try:
         response: web.StreamResponse = await handler(request)
         status = response.status
+        # A WebSocket session or an SSE stream lasts as long as the client stays: not a request latency.
+        streamed = not isinstance(response, web.Response)
         return response
     except web.HTTPException as e:
         status = e.status
@@ -58,8 +61,7 @@ async def metrics_middleware(request: web.Request, handler: Any) -> web.StreamRe
         raise
     finally:
         resource = request.match_info.route.resource
-        # A WebSocket session lasts as long as the client stays: its duration is not a request latency.
-        seconds = None if status == 101 else time.perf_counter() - started
+        seconds = None if streamed else time.perf_counter() - started
         request.app[keys.PROMETHEUS].observe_request(
             resource.canonical if resource is not None else None, request.method, status, seconds
         )

@@ -17,7 +17,7 @@ from coordinator import keys
 from coordinator.metrics import CoordinatorMetrics
 from shared.timeutil import isoformat, utcnow
 from tests.conftest import API_KEY, CoordinatorHandle, StartAgent
-from tests.helpers import TERMINAL, wait_for
+from tests.helpers import TERMINAL, free_port, register_runner, wait_for
 
 
 async def scrape(url: str) -> list[Sample]:
@@ -102,7 +102,27 @@ async def test_stream_clients_are_counted(coordinator: CoordinatorHandle) -> Non
     assert coordinator.app is not None
     hub = coordinator.app[keys.HUB]
     await wait_for(lambda: _is_zero(hub.client_count), what="the client gone")
-    assert value(await scrape(f"{coordinator.url}/metrics"), "rustci_websocket_clients") == 0
+    samples = await scrape(f"{coordinator.url}/metrics")
+    assert value(samples, "rustci_websocket_clients") == 0
+    # The session is one request; how long it lasted is no request latency.
+    ws_route = "/api/runners/ws"
+    assert value(samples, "rustci_http_requests_total", route=ws_route, method="GET", status="101") == 1
+    assert not [
+        s for s in samples if s.name.startswith("rustci_http_request_duration") and s.labels["route"] == ws_route
+    ]
+
+    # A log followed as Server-Sent Events.
+    runner_id = (await register_runner(coordinator.api, host="127.0.0.1", port=free_port()))["runner_id"]
+    async with coordinator.api.session.get(
+        f"{coordinator.api_url}/runners/{runner_id}/logs?follow=true",
+        headers={"X-API-Key": API_KEY, "Accept": "text/event-stream"},
+    ) as stream:
+        assert stream.status == 200
+
+        async def one_follower() -> bool:
+            return value(await scrape(f"{coordinator.url}/metrics"), "rustci_sse_clients") == 1
+
+        await wait_for(one_follower, what="the SSE client counted")
 
 
 async def _is_zero(count: int) -> bool:

@@ -308,6 +308,27 @@ async def test_compaction_keeps_averages_and_maxima_and_bounds_each_tier(coordin
     assert (again.raw_rolled, again.five_minute_rolled, again.expired) == (0, 0, 0)
 
 
+async def test_a_sample_that_arrives_after_its_bucket_was_rolled_up_joins_the_rollup(
+    coordinator: CoordinatorHandle,
+) -> None:
+    runner_id = await add_runner(coordinator)
+    history = metrics_store(coordinator)
+    now = time.time()
+    bucket = (now - 2 * DAY) // 300 * 300
+    await history.add_samples(runner_id, [sample(bucket + 10, cpu=10, memory=30)], now)
+    await history.compact(now)
+    # An agent that was cut off for two days delivers a sample of the same five minutes.
+    await history.add_samples(runner_id, [sample(bucket + 20, cpu=30, memory=20)], now)
+    await history.compact(now)
+    tiers = await _tiers(coordinator.store.db, runner_id)
+    assert (tiers["raw"][0], tiers["5m"][0]) == (0, 1)
+    found = await history.history(runner_id, bucket, bucket + 299, 300)
+    assert found is not None
+    assert [(b.start, b.samples) for b in found.buckets] == [(bucket, 2)]
+    assert (found.average("cpu_usage"), found.maximum("cpu_usage")) == (200.0, 300)  # tenths: 20.0 and 30.0
+    assert (found.average("memory_usage"), found.maximum("memory_usage")) == (250.0, 300)
+
+
 async def test_the_app_compacts_at_start_and_stops_the_task_on_shutdown(coordinator: CoordinatorHandle) -> None:
     runner_id = await add_runner(coordinator)
     now = time.time()
