@@ -13,8 +13,10 @@ The spool is bounded, on disk and in memory, and never makes a job wait:
 
 - On disk (``spool_max_bytes``): when the unacknowledged entries pass the bound — the coordinator has been
   unreachable for a while — the oldest undelivered *log* entries are deleted (never job or step state
-  events, never an entry already on its way) down to 90 % of the bound, and one ``warn`` entry says how many
-  were dropped. While that entry is still undelivered, later drops update its count instead of adding more.
+  events, never an entry that may have reached the coordinator: the batch in flight, or one whose send broke
+  off after it left) down to 90 % of the bound, and one ``warn`` entry says how many were dropped. While that
+  entry is still unsent, later drops update its count instead of adding more. Batches are at most a quarter
+  of the bound, so what cannot be dropped stays a small part of the spool.
 - In memory (``memory_max_bytes``): if the writer ever falls that far behind (a stalled disk), the oldest
   buffered lines are dropped the same way.
 """
@@ -28,6 +30,7 @@ from collections.abc import Callable
 from typing import Any
 
 import structlog
+from aiohttp import ClientConnectorError
 
 from agent.coordinator_client import CoordinatorClient, CoordinatorUnreachable
 from agent.identity import Identity
@@ -72,7 +75,10 @@ class Outbox:
         """Set whenever new entries are durable: the shipper's cue."""
         # Touched only inside database operations (one thread, one at a time), so they need no lock.
         self._spool_bytes: int | None = None  # size of the outbox table, counted once then kept up to date
-        self._sent_upto = 0  # highest sequence handed to the shipper: never dropped, it may be delivered
+        # Entries up to this sequence may be at the coordinator already (a batch in flight, or one whose send
+        # failed after it left): they are never dropped, so the drop count stays exact.
+        self._protected_upto = 0
+        self._maybe_delivered_upto = 0
         self._notice: tuple[int, int, int] | None = None  # undelivered drop entry: (seq, entries, bytes)
         # Lines shed from memory, to be counted in the next drop entry (touched on the loop only).
         self._shed = (0, 0)
@@ -156,7 +162,7 @@ class Outbox:
         rows = conn.execute(
             "SELECT seq, runner_id, length(body) FROM outbox"
             " WHERE seq > ? AND seq != ? AND json_extract(body, '$.kind') = 'log' ORDER BY seq",
-            (self._sent_upto, notice),
+            (self._protected_upto, notice),
         )
         count = freed = last = 0
         runner_id = ""
@@ -169,7 +175,7 @@ class Outbox:
             return  # nothing droppable: state events and entries in flight are all that is left
         conn.execute(
             "DELETE FROM outbox WHERE seq > ? AND seq <= ? AND seq != ? AND json_extract(body, '$.kind') = 'log'",
-            (self._sent_upto, last, notice),
+            (self._protected_upto, last, notice),
         )
         self._spool_bytes -= freed
         self.dropped_entries += count
@@ -177,7 +183,7 @@ class Outbox:
 
     def _record_drop(self, conn: sqlite3.Connection, runner_id: str, count: int, size: int) -> None:
         """Say what was dropped: update the drop entry still waiting to be sent, else write a new one."""
-        if self._notice is not None and self._notice[0] > self._sent_upto:
+        if self._notice is not None and self._notice[0] > self._protected_upto:
             seq, count, size = self._notice[0], self._notice[1] + count, self._notice[2] + size
             body = self._notice_body(count, size)
             old = conn.execute("SELECT length(body) FROM outbox WHERE seq = ?", (seq,)).fetchone()
@@ -203,7 +209,9 @@ class Outbox:
     # --- reading and acknowledging (the shipper) ------------------------------------------------------------
 
     async def pending_batch(self, runner_id: str) -> list[tuple[int, str]]:
-        """The oldest unacknowledged entries, at most BATCH_LIMIT of them and about BATCH_BYTES."""
+        """The oldest unacknowledged entries, at most BATCH_LIMIT of them and about BATCH_BYTES (less for a small
+        spool: what is in flight cannot be dropped, so it must stay a small part of the spool)."""
+        most = min(BATCH_BYTES, self.spool_max_bytes // 4)
 
         def op(conn: sqlite3.Connection) -> list[tuple[int, str]]:
             rows = conn.execute(
@@ -214,17 +222,23 @@ class Outbox:
             for seq, body in rows:
                 batch.append((int(seq), str(body)))
                 size += len(body)
-                if size >= BATCH_BYTES:
+                if size >= most:
                     break
             rows.close()
             if batch:
-                self._sent_upto = max(self._sent_upto, batch[-1][0])
+                self._protected_upto = max(self._maybe_delivered_upto, batch[-1][0])
             elif self._spool_bytes is not None:
                 # Nothing pending: recount, so the running total cannot drift (another runner's rows, say).
                 self._spool_bytes = int(conn.execute("SELECT COALESCE(SUM(length(body)), 0) FROM outbox").fetchone()[0])
             return batch
 
         return await self._store.db.run(op)
+
+    def unsent(self, batch: list[tuple[int, str]], maybe_delivered: bool) -> None:
+        """A batch's send failed; unless it may have reached the coordinator, its entries can be dropped again."""
+        if maybe_delivered:
+            self._maybe_delivered_upto = max(self._maybe_delivered_upto, batch[-1][0])
+        self._protected_upto = self._maybe_delivered_upto
 
     async def acknowledge(self, runner_id: str, upto: int) -> None:
         def op(conn: sqlite3.Connection) -> None:
@@ -234,6 +248,7 @@ class Outbox:
             conn.execute("DELETE FROM outbox WHERE runner_id = ? AND seq <= ?", (runner_id, upto))
             if self._spool_bytes is not None:
                 self._spool_bytes -= int(freed)
+            self._protected_upto = self._maybe_delivered_upto
 
         await self._store.db.run(op)
 
@@ -277,6 +292,8 @@ class Shipper:
                 try:
                     acked = await self._send(identity, batch)
                 except CoordinatorUnreachable as e:
+                    # Refused before anything was sent: certainly not delivered. Cut later: perhaps applied.
+                    self._outbox.unsent(batch, maybe_delivered=not isinstance(e.__cause__, ClientConnectorError))
                     self.failures += 1
                     log.warning("coordinator unreachable; events kept for resend", error=str(e), retry_in=backoff)
                     await asyncio.sleep(backoff)
@@ -287,6 +304,7 @@ class Shipper:
                     self._on_forgotten()
                     break
                 except ApiError as e:
+                    self._outbox.unsent(batch, maybe_delivered=False)  # an answer: nothing was applied
                     self.failures += 1
                     log.error("coordinator refused an event batch", code=e.code, error=e.message, retry_in=backoff)
                     await asyncio.sleep(backoff)

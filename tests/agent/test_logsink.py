@@ -299,22 +299,44 @@ async def test_a_full_spool_drops_the_oldest_log_entries_and_never_state_events(
     assert await outbox.spool_bytes() == await on_disk(store)  # counted exactly
 
 
-async def test_entries_on_their_way_are_not_dropped_and_acks_free_the_spool(store: AgentStore) -> None:
+async def test_entries_that_may_be_delivered_are_not_dropped_and_acks_free_the_spool(store: AgentStore) -> None:
     outbox = Outbox(store, lambda: IDENTITY, spool_max_bytes=64 * 1024)
     for i in range(100):
         outbox.line(log_body(i))
     await outbox.flush()
     batch = await outbox.pending_batch("runner_1")  # handed to the shipper, not acknowledged yet
-    assert [json.loads(body)["message"] for _, body in batch] == [f"{i:0150d}" for i in range(100)]
+    in_flight = [json.loads(body)["message"] for _, body in batch]
+    assert in_flight == [f"{i:0150d}" for i in range(len(batch))]
+    assert sum(len(body) for _, body in batch) < 16 * 1024 + 200  # a quarter of the spool at most
     for i in range(100, 2000):
         outbox.line(log_body(i))
     await outbox.flush()
-    messages = [r["message"] for r in await outbox_rows(store)]
-    assert messages[:100] == [f"{i:0150d}" for i in range(100)]  # in flight: kept
+    assert [r["message"] for r in await outbox_rows(store)][: len(batch)] == in_flight  # kept
+    # The send broke off after it left: the batch may be at the coordinator, so it is still kept.
+    outbox.unsent(batch, maybe_delivered=True)
+    for i in range(2000, 3000):
+        outbox.line(log_body(i))
+    await outbox.flush()
+    assert [r["message"] for r in await outbox_rows(store)][: len(batch)] == in_flight
+    # Acknowledged: gone, and the spool's size follows what is on disk.
     await outbox.acknowledge("runner_1", batch[-1][0])
     assert await outbox.spool_bytes() == await on_disk(store)
     await outbox.acknowledge("runner_1", (await outbox_rows(store))[-1]["seq"])
     assert await outbox.spool_bytes() == 0
+
+
+async def test_a_batch_refused_before_it_was_sent_can_be_dropped(store: AgentStore) -> None:
+    outbox = Outbox(store, lambda: IDENTITY, spool_max_bytes=64 * 1024)
+    for i in range(100):
+        outbox.line(log_body(i))
+    await outbox.flush()
+    batch = await outbox.pending_batch("runner_1")
+    outbox.unsent(batch, maybe_delivered=False)  # connection refused: certainly not delivered
+    for i in range(100, 2000):
+        outbox.line(log_body(i))
+    await outbox.flush()
+    kept = [int(r["message"]) for r in await outbox_rows(store) if r.get("stream") != "system"]
+    assert kept == list(range(2000 - len(kept), 2000))  # the oldest went first, the batch included
 
 
 async def test_the_memory_buffer_is_bounded_when_the_writer_cannot_keep_up(store: AgentStore) -> None:
