@@ -329,6 +329,29 @@ async def test_a_sample_that_arrives_after_its_bucket_was_rolled_up_joins_the_ro
     assert (found.average("memory_usage"), found.maximum("memory_usage")) == (250.0, 300)
 
 
+async def test_deleting_a_runner_deletes_its_history(coordinator: CoordinatorHandle) -> None:
+    runner_id = await add_runner(coordinator)
+    history = metrics_store(coordinator)
+    now = time.time()
+    await history.add_samples(runner_id, [sample(now - 2 * DAY, 1, 1), sample(now - 60, 2, 2)], now)
+    await history.compact(now)
+    assert await _history_rows(coordinator) == 2
+    code, body = await coordinator.api.delete(f"/runners/{runner_id}")
+    assert code == 200, body
+    assert await _history_rows(coordinator) == 0
+    # Samples for a runner that is gone are not stored (a heartbeat racing the delete).
+    assert await history.add_samples(runner_id, [sample(now - 30, 3, 3)], now) == 0
+
+
+async def _history_rows(coordinator: CoordinatorHandle) -> int:
+    def op(conn: sqlite3.Connection) -> int:
+        raw = conn.execute("SELECT COUNT(*) FROM metric_samples").fetchone()[0]
+        return int(raw) + int(conn.execute("SELECT COUNT(*) FROM metric_rollups").fetchone()[0])
+
+    rows: int = await coordinator.store.db.read(op)
+    return rows
+
+
 async def test_the_app_compacts_at_start_and_stops_the_task_on_shutdown(coordinator: CoordinatorHandle) -> None:
     runner_id = await add_runner(coordinator)
     now = time.time()
