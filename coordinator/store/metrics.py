@@ -10,7 +10,9 @@ Three tiers, and every sample lives in exactly one of them at a time, so a query
 Compaction moves whole buckets down a tier in one transaction per runner (so it never holds the database for
 long), which bounds the rows per runner at about 8,640 + 1,700 + 550 at a 10 s sample interval. Rows are kept
 small: the runner is its integer row key rather than its 43-character id, and percentages are integer tenths
-(the agents round to 0.1 anyway), which SQLite packs into two bytes instead of an eight-byte REAL.
+(the agents round to 0.1 anyway), which SQLite packs into two bytes instead of an eight-byte REAL. Measured
+(``tests/coordinator/test_metrics_history.py``): about 190 KiB per runner for a day of raw samples, 11 KiB once
+rolled into 5-minute buckets, 1 KiB as hourly ones: about 280 KiB per runner in the steady state.
 
 Averages are weighted by sample count (a rollup's sum and count carry over exactly), maxima survive as maxima.
 """
@@ -90,6 +92,8 @@ class Retention:
 
 @dataclass
 class Bucket:
+    """Sums and maxima are in stored units (tenths): divide by :data:`SCALE`."""
+
     start: int
     """Epoch seconds, aligned to the resolution."""
     samples: int
