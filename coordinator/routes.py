@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from coordinator.api import agents, bulk, control, health, jobs, logs, runners, status, stream
+from coordinator.api import agents, bulk, control, docs, health, jobs, logs, runners, status, stream
 
 
 def setup_routes(app: web.Application) -> None:
     r = app.router
     # Fixed paths first, so they are not taken for a runner id.
     r.add_get("/api/health", health.liveness)
+    r.add_get("/api/openapi.json", docs.openapi_document)
     r.add_get("/metrics", status.prometheus)
     r.add_post("/api/runners/register", runners.register)
     r.add_get("/api/runners/ws", stream.runner_updates)

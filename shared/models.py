@@ -518,3 +518,28 @@ class RunnerMetrics(Response):
     resolution: str
     metrics: dict[str, list[MetricPoint]]
     summary: MetricsSummary
+
+
+# --- logs ----------------------------------------------------------------------------------------------------
+
+
+class LogContext(Response):
+    job_id: str | None = None
+    step: str | None = None
+    stream: str | None = None
+    attempt: int | None = None
+
+
+class LogEntryView(Response):
+    seq: int
+    timestamp: Timestamp
+    level: LogLevel
+    message: str
+    context: LogContext
+
+
+class LogPage(Response):
+    runner_id: str
+    logs: list[LogEntryView]
+    total_count: int
+    has_more: bool

@@ -8,9 +8,10 @@ import structlog
 from aiohttp import web
 
 from coordinator import keys
+from coordinator.api import events
 from coordinator.api.runners import get_runner_or_404
 from coordinator.api.views import job_detail, job_summary
-from coordinator.store.base import JobRecord
+from coordinator.store.base import JobRecord, StatusChange
 from shared import ids
 from shared.errors import JobNotFound
 from shared.http import json_response, parse_body, query_choice, query_int
@@ -26,6 +27,9 @@ async def submit_job(request: web.Request) -> web.Response:
     queue = await request.app[keys.STORE].insert_job(job)
     # Recorded first, then pushed: the job is safe here whether or not the agent takes it now.
     request.app[keys.DISPATCHER].submitted(runner, job)
+    request.app[keys.HUB].publish(
+        events.status_change(StatusChange("job", job.id, runner.id, None, "queued", job.created_at))
+    )
     log.info("job accepted", runner_id=runner.id, job_id=job.id, steps=len(spec.steps))
     response = JobSubmitResponse(
         job_id=job.id,
