@@ -176,6 +176,8 @@ async def cluster(
             "RUSTCI_API_KEY": API_KEY,
             "RUSTCI_REGISTRATION_KEY": REGISTRATION_KEY,
             "RUSTCI_LOG_LEVEL": log_level,
+            # A benchmark submits hundreds of jobs a minute to one runner, far past the API's default limits.
+            "RUSTCI_RATE_LIMITS_ENABLED": "false",
             **(extra_coordinator_env or {}),
         },
         root / "coordinator.log",

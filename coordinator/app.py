@@ -14,6 +14,7 @@ from coordinator.hub import Hub
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.middlewares import setup_middlewares
 from coordinator.proxy import AgentClient
+from coordinator.ratelimit import RateLimiter
 from coordinator.routes import setup_routes
 from coordinator.sse import setup_log_feed
 from coordinator.store.metrics import MetricsStore, Retention
@@ -81,6 +82,7 @@ def make_app(config: CoordinatorConfig) -> web.Application:
     app[keys.CONFIG] = config
     app[keys.CREDENTIALS] = auth.load_credentials(config)
     app[keys.RUNNER_TOKENS] = auth.TokenCache()
+    app[keys.RATE_LIMITER] = RateLimiter(config.rate_limits)
     app[keys.PROMETHEUS] = CoordinatorMetrics()
     setup_middlewares(app)
     setup_routes(app)

@@ -17,6 +17,7 @@ ENV_OVERRIDES = {
     "RUSTCI_DATABASE": "database",
     "RUSTCI_LOG_LEVEL": "log.level",
     "RUSTCI_LOG_FORMAT": "log.format",
+    "RUSTCI_RATE_LIMITS_ENABLED": "rate_limits.enabled",
 }
 
 
@@ -93,6 +94,19 @@ class Log(Settings):
     format: str = Field(default="auto", pattern=r"^(json|console|auto)$")
 
 
+class RateLimits(Settings):
+    enabled: bool = True
+    """Apply the API's rate limits (``X-RateLimit-*`` headers, 429 ``RATE_LIMIT_EXCEEDED`` past them)."""
+    registration_per_minute: int = Field(default=10, ge=1, le=1_000_000)
+    """``POST /runners/register``, per client IP."""
+    status_per_minute: int = Field(default=100, ge=1, le=1_000_000)
+    """``GET /runners/{id}/status`` and ``/health``, per runner."""
+    job_submission_per_minute: int = Field(default=50, ge=1, le=1_000_000)
+    """``POST /runners/{id}/jobs``, per runner."""
+    bulk_per_minute: int = Field(default=5, ge=1, le=1_000_000)
+    """``POST /runners/bulk``, per user (the credential that authenticated)."""
+
+
 class CoordinatorConfig(Settings):
     listen: Listen = Field(default_factory=Listen)
     state_dir: Path = Path(".rustci/coordinator")
@@ -105,6 +119,7 @@ class CoordinatorConfig(Settings):
     metrics: MetricsHistory = Field(default_factory=MetricsHistory)
     websocket: WebSocketSettings = Field(default_factory=WebSocketSettings)
     log_stream: LogStream = Field(default_factory=LogStream)
+    rate_limits: RateLimits = Field(default_factory=RateLimits)
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024, le=1024**3)
     """Largest request body accepted."""
     log: Log = Field(default_factory=Log)

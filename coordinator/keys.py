@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from coordinator.hub import Hub
     from coordinator.metrics import CoordinatorMetrics
     from coordinator.proxy import AgentClient
+    from coordinator.ratelimit import RateLimiter
     from coordinator.sse import LogFeed
     from coordinator.store.base import Store
     from coordinator.store.metrics import MetricsStore
@@ -30,4 +31,5 @@ LOG_FEED: web.AppKey[LogFeed] = web.AppKey("log_feed")
 PROMETHEUS: web.AppKey[CoordinatorMetrics] = web.AppKey("prometheus")
 METRICS_STORE: web.AppKey[MetricsStore] = web.AppKey("metrics_store")
 
+RATE_LIMITER: web.AppKey[RateLimiter] = web.AppKey("rate_limiter")
 PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal")

@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-from coordinator import auth, keys
+from coordinator import auth, keys, ratelimit
 from shared.http import error_middleware
 
 # Reachable without credentials: the liveness probe, the API description and the Prometheus scrape.
@@ -71,3 +71,5 @@ def setup_middlewares(app: web.Application) -> None:
     app.middlewares.append(metrics_middleware)
     app.middlewares.append(error_middleware)
     app.middlewares.append(auth_middleware)
+    # After authentication: bulk operations are counted per user.
+    app.middlewares.append(ratelimit.rate_limit_middleware)

@@ -1,0 +1,131 @@
+"""Rate limits of the public API, as the reference sets them, with the ``X-RateLimit-*`` headers.
+
+- registration: per client IP (``POST /runners/register``)
+- status and health: per runner (``GET /runners/{id}/status``, ``GET /runners/{id}/health``)
+- job submission: per runner (``POST /runners/{id}/jobs``)
+- bulk operations: per user (``POST /runners/bulk``; the user is the credential that authenticated)
+
+Fixed one-minute windows aligned to the clock, so ``X-RateLimit-Reset`` (epoch seconds) is the same for every
+client of a window. Counters live in memory; the table of keys is pruned of past windows so it stays bounded.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from coordinator import keys
+from coordinator.config import RateLimits
+from shared.errors import ApiError, RateLimitExceeded
+from shared.http import error_response
+
+WINDOW = 60.0
+MAX_KEYS = 100_000
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    limit: int
+    key: Callable[[web.Request], str]
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    limit: int
+    remaining: int
+    reset: int
+
+    def headers(self) -> dict[str, str]:
+        return {
+            "X-RateLimit-Limit": str(self.limit),
+            "X-RateLimit-Remaining": str(self.remaining),
+            "X-RateLimit-Reset": str(self.reset),
+        }
+
+
+class RateLimiter:
+    def __init__(self, settings: RateLimits, clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self._clock = clock
+        self._counts: dict[tuple[str, str], tuple[int, int]] = {}  # (rule, key) -> (window index, hits)
+        self._rules: dict[tuple[str, str], Rule] = {
+            ("POST", "/api/runners/register"): Rule("registration", settings.registration_per_minute, _client_ip),
+            ("GET", "/api/runners/{runner_id}/status"): Rule("status", settings.status_per_minute, _runner),
+            ("GET", "/api/runners/{runner_id}/health"): Rule("status", settings.status_per_minute, _runner),
+            ("POST", "/api/runners/{runner_id}/jobs"): Rule("jobs", settings.job_submission_per_minute, _runner),
+            ("POST", "/api/runners/bulk"): Rule("bulk", settings.bulk_per_minute, _user),
+        }
+
+    def now(self) -> float:
+        return self._clock()
+
+    def rule_for(self, request: web.Request) -> Rule | None:
+        resource = request.match_info.route.resource
+        if resource is None or not self.settings.enabled:
+            return None
+        return self._rules.get((request.method, resource.canonical))
+
+    def hit(self, rule: Rule, key: str) -> Decision:
+        now = self._clock()
+        window = int(now // WINDOW)
+        reset = math.ceil((window + 1) * WINDOW)
+        slot = (rule.name, key)
+        seen_window, hits = self._counts.get(slot, (window, 0))
+        if seen_window != window:
+            hits = 0
+        if hits >= rule.limit:
+            return Decision(False, rule.limit, 0, reset)
+        if len(self._counts) >= MAX_KEYS:
+            self._prune(window)
+        self._counts[slot] = (window, hits + 1)
+        return Decision(True, rule.limit, rule.limit - hits - 1, reset)
+
+    def _prune(self, window: int) -> None:
+        self._counts = {slot: count for slot, count in self._counts.items() if count[0] == window}
+
+
+def _client_ip(request: web.Request) -> str:
+    return request.remote or "unknown"
+
+
+def _runner(request: web.Request) -> str:
+    return request.match_info.get("runner_id", "")
+
+
+def _user(request: web.Request) -> str:
+    principal = request.get(keys.PRINCIPAL)
+    return principal.subject if principal is not None else _client_ip(request)
+
+
+@web.middleware
+async def rate_limit_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    limiter = request.app[keys.RATE_LIMITER]
+    rule = limiter.rule_for(request)
+    if rule is None:
+        response: web.StreamResponse = await handler(request)
+        return response
+    decision = limiter.hit(rule, rule.key(request))
+    if not decision.allowed:
+        retry_after = max(decision.reset - int(limiter.now()), 1)
+        error = RateLimitExceeded(
+            f"Rate limit of {decision.limit} requests per minute exceeded for {rule.name}; retry after {retry_after}s",
+            limit=decision.limit,
+            window_seconds=int(WINDOW),
+            retry_after=retry_after,
+        )
+        response = error_response(error)
+        response.headers["Retry-After"] = str(retry_after)
+    else:
+        try:
+            response = await handler(request)
+        except ApiError as e:
+            response = error_response(e)
+    response.headers.update(decision.headers())
+    return response
