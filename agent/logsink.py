@@ -39,9 +39,13 @@ unbounded memory."""
 
 
 class LineWriter(Protocol):
-    """What the log sink writes to (the outbox): a JSON-encoded log entry, without waiting."""
+    """What the log sink writes to (the outbox)."""
 
-    def line(self, body: str) -> None: ...
+    def line(self, body: str) -> None:
+        """Take a JSON-encoded log entry, without waiting."""
+
+    async def room(self) -> None:
+        """Wait until the writer is not too far behind (backpressure on the step's output)."""
 
 
 # --- masking -----------------------------------------------------------------------------------------------
@@ -97,6 +101,28 @@ class Masker:
             if text[-n:] in self._prefixes:
                 return n
         return 0
+
+
+class StepOutput:
+    """The executor's output callback for one step; its ``drain`` makes the reader wait while the outbox's
+    writer is far behind (see ``agent.executors.lines.drain``)."""
+
+    __slots__ = ("_log", "_step", "_templates")
+
+    def __init__(self, log: JobLog, step: str) -> None:
+        self._log = log
+        self._step = step
+        self._templates = {stream: log._template(stream, step) for stream in ("stdout", "stderr")}
+
+    def __call__(self, stream: Stream, text: str) -> None:
+        log = self._log
+        if not log._masker:
+            log._keep(self._templates[stream], text)
+        elif (masked := log._masked(self._step, stream, text)) is not None:
+            log._keep(self._templates[stream], masked)
+
+    async def drain(self) -> None:
+        await self._log._writer.room()
 
 
 # --- entries -----------------------------------------------------------------------------------------------
@@ -175,17 +201,7 @@ class JobLog:
     # --- the executor's side ---------------------------------------------------------------------------
 
     def sink(self, step: str) -> OutputSink:
-        templates = {stream: self._template(stream, step) for stream in ("stdout", "stderr")}
-        keep = self._keep
-        masker = self._masker
-
-        def output(stream: Stream, text: str) -> None:
-            if not masker:
-                keep(templates[stream], text)
-            elif (masked := self._masked(step, stream, text)) is not None:
-                keep(templates[stream], masked)
-
-        return output
+        return StepOutput(self, step)
 
     def _masked(self, step: str, stream: Stream, text: str) -> str | None:
         """Mask a line; for the piece of an overlong line, hold back an end that could start a secret and

@@ -17,8 +17,14 @@ The spool is bounded, on disk and in memory, and never makes a job wait:
   off after it left) down to 90 % of the bound, and one ``warn`` entry says how many were dropped. While that
   entry is still unsent, later drops update its count instead of adding more. Batches are at most a quarter
   of the bound, so what cannot be dropped stays a small part of the spool.
-- In memory (``memory_max_bytes``): if the writer ever falls that far behind (a stalled disk), the oldest
-  buffered lines are dropped the same way.
+- In memory: a step's output waits for the writer between chunks (``room``) once ``HIGH_WATER`` bytes are
+  buffered, so a step printing faster than the local disk takes it is slowed like a slow terminal would slow
+  it (never by the coordinator: the spool absorbs that). Past ``memory_max_bytes`` — output from a reader
+  that does not wait — the oldest buffered lines are dropped the same way.
+
+The writer and the shipper each touch SQLite with one statement per batch, never one per row: with a step's
+output keeping the event loop's thread busy, every per-row return to Python would wait for the GIL (the
+convoy effect) and the writer would fall hopelessly behind.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import asyncio
 import json
 import sqlite3
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -47,8 +54,19 @@ BATCH_BYTES = 2 * 1024 * 1024
 MAX_BACKOFF = 5.0
 DEFAULT_SPOOL_MAX_BYTES = 256 * 1024 * 1024
 DEFAULT_MEMORY_MAX_BYTES = 16 * 1024 * 1024
+HIGH_WATER = 1024 * 1024
+"""Buffered bytes past which a step's output waits for the writer (``Outbox.room``)."""
 SPOOL_LOW_WATER = 0.9
 """A drop frees the spool down to this fraction of its bound, so drops come in few, large steps."""
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Pending entries as the ``events`` array of a request body (without the brackets)."""
+
+    count: int
+    last_seq: int
+    events: str
 
 
 def _encode(event: dict[str, Any]) -> str:
@@ -71,6 +89,8 @@ class Outbox:
         self._lines: list[str] = []
         self._lines_bytes = 0
         self._lines_waiting = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
         self.pending = asyncio.Event()
         """Set whenever new entries are durable: the shipper's cue."""
         # Touched only inside database operations (one thread, one at a time), so they need no lock.
@@ -84,6 +104,8 @@ class Outbox:
         self._shed = (0, 0)
         self.dropped_entries = 0
         """Log entries dropped since start (spool or memory full): for tests and metrics."""
+        self.peak_buffered_bytes = 0
+        """The most log lines ever waiting in memory for the writer, in bytes: for tests and metrics."""
 
     # --- writing ---------------------------------------------------------------------------------------
 
@@ -102,9 +124,17 @@ class Outbox:
         """Queue an encoded log entry without waiting (called for every line a step prints)."""
         self._lines.append(body)
         self._lines_bytes += len(body)
-        if self._lines_bytes > self.memory_max_bytes:
-            self._shed_oldest()
+        if self._lines_bytes > self.peak_buffered_bytes:
+            self.peak_buffered_bytes = self._lines_bytes
+            if self._lines_bytes > self.memory_max_bytes:
+                self._shed_oldest()
         self._lines_waiting.set()
+
+    async def room(self) -> None:
+        """Wait while the writer is more than HIGH_WATER bytes behind (a step's output, between chunks)."""
+        while self._lines_bytes > HIGH_WATER:
+            self._room.clear()
+            await self._room.wait()
 
     async def run_writer(self) -> None:
         while True:
@@ -130,14 +160,23 @@ class Outbox:
 
     async def _write(self, bodies: list[str]) -> None:
         lines, self._lines, self._lines_bytes = self._lines, [], 0
+        self._room.set()
         shed, self._shed = self._shed, (0, 0)
         rows = [*lines, *bodies]
         if not rows and not shed[0]:
             return
         runner_id = self._identity().runner_id
 
+        # One statement for the whole batch, rows passed as one JSON array of strings: SQLite splits it without
+        # the GIL, where executemany would take the GIL back for every row and crawl while a busy step's output
+        # keeps the event loop's thread running (the convoy effect).
+        packed = json.dumps(rows)
+
         def op(conn: sqlite3.Connection) -> None:
-            conn.executemany("INSERT INTO outbox (runner_id, body) VALUES (?, ?)", [(runner_id, r) for r in rows])
+            conn.execute(
+                "INSERT INTO outbox (runner_id, body) SELECT ?, value FROM json_each(?) ORDER BY key",
+                (runner_id, packed),
+            )
             if shed[0]:
                 self._record_drop(conn, runner_id, *shed)
             self._grew(conn, sum(map(len, rows)))
@@ -159,27 +198,22 @@ class Outbox:
         assert self._spool_bytes is not None
         need = self._spool_bytes - int(self.spool_max_bytes * SPOOL_LOW_WATER)
         notice = self._notice[0] if self._notice else 0
-        rows = conn.execute(
-            "SELECT seq, runner_id, length(body) FROM outbox"
-            " WHERE seq > ? AND seq != ? AND json_extract(body, '$.kind') = 'log' ORDER BY seq",
-            (self._protected_upto, notice),
+        droppable = (
+            "FROM outbox WHERE seq > ? AND seq != ? AND json_extract(body, '$.kind') = 'log'"  # never state events
         )
-        count = freed = last = 0
-        runner_id = ""
-        for seq, owner, size in rows:
-            count, freed, last, runner_id = count + 1, freed + size, seq, owner
-            if freed >= need:
-                break
-        rows.close()
+        count, last, freed, runner_id = conn.execute(
+            "SELECT COUNT(*), MAX(seq), SUM(size), MAX(runner_id) FROM ("
+            f"  SELECT seq, runner_id, length(body) AS size, SUM(length(body)) OVER (ORDER BY seq) - length(body)"
+            f"  AS before {droppable}"
+            ") WHERE before < ?",
+            (self._protected_upto, notice, need),
+        ).fetchone()
         if not count:
-            return  # nothing droppable: state events and entries in flight are all that is left
-        conn.execute(
-            "DELETE FROM outbox WHERE seq > ? AND seq <= ? AND seq != ? AND json_extract(body, '$.kind') = 'log'",
-            (self._protected_upto, last, notice),
-        )
-        self._spool_bytes -= freed
-        self.dropped_entries += count
-        self._record_drop(conn, runner_id, count, freed)
+            return  # nothing droppable: state events and entries that may be delivered are all that is left
+        conn.execute(f"DELETE {droppable} AND seq <= ?", (self._protected_upto, notice, last))
+        self._spool_bytes -= int(freed)
+        self.dropped_entries += int(count)
+        self._record_drop(conn, str(runner_id), int(count), int(freed))
 
     def _record_drop(self, conn: sqlite3.Connection, runner_id: str, count: int, size: int) -> None:
         """Say what was dropped: update the drop entry still waiting to be sent, else write a new one."""
@@ -208,36 +242,36 @@ class Outbox:
 
     # --- reading and acknowledging (the shipper) ------------------------------------------------------------
 
-    async def pending_batch(self, runner_id: str) -> list[tuple[int, str]]:
+    async def pending_batch(self, runner_id: str) -> Batch | None:
         """The oldest unacknowledged entries, at most BATCH_LIMIT of them and about BATCH_BYTES (less for a small
         spool: what is in flight cannot be dropped, so it must stay a small part of the spool)."""
         most = min(BATCH_BYTES, self.spool_max_bytes // 4)
 
-        def op(conn: sqlite3.Connection) -> list[tuple[int, str]]:
-            rows = conn.execute(
-                "SELECT seq, body FROM outbox WHERE runner_id = ? ORDER BY seq LIMIT ?", (runner_id, BATCH_LIMIT)
-            )
-            batch: list[tuple[int, str]] = []
-            size = 0
-            for seq, body in rows:
-                batch.append((int(seq), str(body)))
-                size += len(body)
-                if size >= most:
-                    break
-            rows.close()
-            if batch:
-                self._protected_upto = max(self._maybe_delivered_upto, batch[-1][0])
-            elif self._spool_bytes is not None:
+        def op(conn: sqlite3.Connection) -> Batch | None:
+            # Bodies are stored without their sequence number: splice it in front, and join the batch in SQLite.
+            count, last, events = conn.execute(
+                "SELECT COUNT(*), MAX(seq), group_concat('{\"seq\":' || seq || ',' || substr(body, 2), ',') FROM ("
+                "  SELECT seq, body FROM ("
+                "    SELECT seq, body, SUM(length(body)) OVER (ORDER BY seq) - length(body) AS before"
+                "    FROM outbox WHERE runner_id = ? ORDER BY seq LIMIT ?"
+                "  ) WHERE before < ? ORDER BY seq"
+                ")",
+                (runner_id, BATCH_LIMIT, most),
+            ).fetchone()
+            if count:
+                self._protected_upto = max(self._maybe_delivered_upto, int(last))
+                return Batch(int(count), int(last), str(events))
+            if self._spool_bytes is not None:
                 # Nothing pending: recount, so the running total cannot drift (another runner's rows, say).
                 self._spool_bytes = int(conn.execute("SELECT COALESCE(SUM(length(body)), 0) FROM outbox").fetchone()[0])
-            return batch
+            return None
 
         return await self._store.db.run(op)
 
-    def unsent(self, batch: list[tuple[int, str]], maybe_delivered: bool) -> None:
+    def unsent(self, batch: Batch, maybe_delivered: bool) -> None:
         """A batch's send failed; unless it may have reached the coordinator, its entries can be dropped again."""
         if maybe_delivered:
-            self._maybe_delivered_upto = max(self._maybe_delivered_upto, batch[-1][0])
+            self._maybe_delivered_upto = max(self._maybe_delivered_upto, batch.last_seq)
         self._protected_upto = self._maybe_delivered_upto
 
     async def acknowledge(self, runner_id: str, upto: int) -> None:
@@ -287,7 +321,7 @@ class Shipper:
             while True:
                 identity = self._identity()
                 batch = await self._outbox.pending_batch(identity.runner_id)
-                if not batch:
+                if batch is None:
                     break
                 try:
                     acked = await self._send(identity, batch)
@@ -313,10 +347,8 @@ class Shipper:
                 backoff = 0.05
                 await self._outbox.acknowledge(identity.runner_id, acked)
 
-    async def _send(self, identity: Identity, batch: list[tuple[int, str]]) -> int:
-        # Bodies are stored as JSON objects without their sequence number; splice it in front.
-        events = ",".join(f'{{"seq":{seq},{body[1:]}' for seq, body in batch)
+    async def _send(self, identity: Identity, batch: Batch) -> int:
         answer = await self._client.call(
-            "POST", f"/runners/{identity.runner_id}/events", identity.token, raw=f'{{"events":[{events}]}}'
+            "POST", f"/runners/{identity.runner_id}/events", identity.token, raw=f'{{"events":[{batch.events}]}}'
         )
         return int(answer["acked_seq"])

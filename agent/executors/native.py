@@ -18,7 +18,7 @@ import psutil
 import structlog
 
 from agent.executors.base import ExecutorError, JobContext, OutputSink, StepContext, Stream
-from agent.executors.lines import LineSplitter
+from agent.executors.lines import LineSplitter, drain
 
 log = structlog.get_logger(__name__)
 
@@ -77,6 +77,7 @@ class NativeExecutor:
         while chunk := await stream.read(READ_CHUNK):
             for line in splitter.feed(chunk):
                 output(name, line)
+            await drain(output)  # backpressure: wait while the log pipeline is far behind
         for line in splitter.flush():
             output(name, line)
 

@@ -25,6 +25,7 @@ import aiohttp
 import psutil
 import pytest
 
+from agent.shipping import HIGH_WATER
 from tests.conftest import CoordinatorHandle, StartAgent, StartAgentProcess
 from tests.helpers import TERMINAL, Api, free_port, wait_for
 
@@ -342,6 +343,26 @@ async def test_lines_reach_a_follower_within_20_ms(coordinator: CoordinatorHandl
                         if len(delays) == 25:
                             break
     assert statistics.median(delays) < 0.020, delays
+
+
+async def test_a_step_printing_faster_than_the_spool_is_slowed_not_dropped(
+    coordinator: CoordinatorHandle, start_agent: StartAgent
+) -> None:
+    agent = await start_agent()
+    runner_id = agent.identity().runner_id
+    job_id = await submit(coordinator.api, runner_id, "yes \"$(printf '%099d' 0)\" | head -c 10000000")
+
+    async def finished_on_agent() -> bool:
+        state = await agent.store.job_status(job_id)
+        return state is not None and state[0] in TERMINAL
+
+    await wait_for(finished_on_agent, 30, what="100 000 lines to be spooled")
+    # The executor waited for the writer between chunks: memory stayed near the high-water mark, nothing went.
+    assert agent.outbox.dropped_entries == 0
+    assert agent.outbox.peak_buffered_bytes < HIGH_WATER + 512 * 1024
+    job = await coordinator.api.wait_job(runner_id, job_id, TERMINAL, timeout=60)
+    assert job["status"] == "completed"
+    assert await stored_count(coordinator, job_id) == 100_000 + JOB_SYSTEM_ENTRIES
 
 
 # --- what steps print ---------------------------------------------------------------------------------------

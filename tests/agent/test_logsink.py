@@ -5,6 +5,7 @@ Real objects throughout: the executor's LineSplitter, the JobLog, and the Outbox
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import re
@@ -19,7 +20,7 @@ import pytest
 from agent.executors.lines import CONTINUED, Continued, LineSplitter
 from agent.identity import Identity
 from agent.logsink import MASK, TAIL_ENTRY_COST, JobLog, Masker
-from agent.shipping import Outbox
+from agent.shipping import HIGH_WATER, Outbox
 from agent.store import AgentStore
 
 # --- the line splitter ----------------------------------------------------------------------------------------
@@ -95,6 +96,9 @@ class Lines:
 
     def line(self, body: str) -> None:
         self.entries.append(json.loads(body))
+
+    async def room(self) -> None:
+        return None
 
     @property
     def messages(self) -> list[str]:
@@ -305,21 +309,24 @@ async def test_entries_that_may_be_delivered_are_not_dropped_and_acks_free_the_s
         outbox.line(log_body(i))
     await outbox.flush()
     batch = await outbox.pending_batch("runner_1")  # handed to the shipper, not acknowledged yet
-    in_flight = [json.loads(body)["message"] for _, body in batch]
-    assert in_flight == [f"{i:0150d}" for i in range(len(batch))]
-    assert sum(len(body) for _, body in batch) < 16 * 1024 + 200  # a quarter of the spool at most
+    assert batch is not None
+    events = json.loads(f"[{batch.events}]")
+    assert [e["seq"] for e in events] == list(range(1, batch.count + 1)) and batch.last_seq == batch.count
+    in_flight = [e["message"] for e in events]
+    assert in_flight == [f"{i:0150d}" for i in range(batch.count)]
+    assert sum(len(log_body(i)) for i in range(batch.count - 1)) < 16 * 1024  # a quarter of the spool at most
     for i in range(100, 2000):
         outbox.line(log_body(i))
     await outbox.flush()
-    assert [r["message"] for r in await outbox_rows(store)][: len(batch)] == in_flight  # kept
+    assert [r["message"] for r in await outbox_rows(store)][: batch.count] == in_flight  # kept
     # The send broke off after it left: the batch may be at the coordinator, so it is still kept.
     outbox.unsent(batch, maybe_delivered=True)
     for i in range(2000, 3000):
         outbox.line(log_body(i))
     await outbox.flush()
-    assert [r["message"] for r in await outbox_rows(store)][: len(batch)] == in_flight
+    assert [r["message"] for r in await outbox_rows(store)][: batch.count] == in_flight
     # Acknowledged: gone, and the spool's size follows what is on disk.
-    await outbox.acknowledge("runner_1", batch[-1][0])
+    await outbox.acknowledge("runner_1", batch.last_seq)
     assert await outbox.spool_bytes() == await on_disk(store)
     await outbox.acknowledge("runner_1", (await outbox_rows(store))[-1]["seq"])
     assert await outbox.spool_bytes() == 0
@@ -331,6 +338,7 @@ async def test_a_batch_refused_before_it_was_sent_can_be_dropped(store: AgentSto
         outbox.line(log_body(i))
     await outbox.flush()
     batch = await outbox.pending_batch("runner_1")
+    assert batch is not None
     outbox.unsent(batch, maybe_delivered=False)  # connection refused: certainly not delivered
     for i in range(100, 2000):
         outbox.line(log_body(i))
@@ -352,3 +360,19 @@ async def test_the_memory_buffer_is_bounded_when_the_writer_cannot_keep_up(store
     assert kept == list(range(5000 - len(kept), 5000))
     (notice,) = [r for r in rows if r.get("stream") == "system"]
     assert int(notice["message"].split()[1]) == outbox.dropped_entries == 5000 - len(kept)
+
+
+async def test_output_waits_for_the_writer_once_it_is_far_behind(store: AgentStore) -> None:
+    outbox = Outbox(store, lambda: IDENTITY)
+    await outbox.room()  # nothing buffered: no wait
+    sent = 0
+    while sent <= HIGH_WATER:
+        body = log_body(sent)
+        outbox.line(body)
+        sent += len(body)
+    waiter = asyncio.create_task(outbox.room())
+    done, _ = await asyncio.wait([waiter], timeout=0.05)
+    assert not done  # the reader is held until the writer takes the buffer
+    await outbox.flush()
+    await asyncio.wait_for(waiter, timeout=5)
+    assert outbox.dropped_entries == 0
