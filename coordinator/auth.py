@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hmac
 import os
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -16,28 +17,34 @@ from typing import Literal
 
 from aiohttp import web
 
+from coordinator import tokens
 from coordinator.config import CoordinatorConfig
 from shared import ids
 from shared.errors import AuthenticationRequired, AuthorizationFailed
 
-Role = Literal["admin", "registrar", "runner"]
+Role = Literal["admin", "viewer", "registrar", "runner"]
+READ_METHODS = frozenset({"GET", "HEAD"})
 
 
 @dataclass(frozen=True)
 class Principal:
     role: Role
     runner_id: str | None = None
+    name: str | None = None  # the ``sub`` of a JWT
 
     @property
     def subject(self) -> str:
         """Who this is, for per-user accounting (rate limits, logs)."""
-        return f"runner:{self.runner_id}" if self.role == "runner" else self.role
+        if self.role == "runner":
+            return f"runner:{self.runner_id}"
+        return f"user:{self.name}" if self.name else self.role
 
 
 @dataclass(frozen=True)
 class Credentials:
     api_key: str
     registration_key: str
+    jwt_secret: str
 
 
 def _kept_secret(path: Path, configured: str | None, make: str) -> str:
@@ -47,7 +54,9 @@ def _kept_secret(path: Path, configured: str | None, make: str) -> str:
     if path.exists():
         return path.read_text(encoding="utf-8").strip()
     path.parent.mkdir(parents=True, exist_ok=True)
-    secret = ids.new_api_key() if make == "api" else f"reg_{ids.new_api_key()[3:]}"
+    secret = {"api": ids.new_api_key(), "registration": f"reg_{ids.new_api_key()[3:]}", "jwt": secrets.token_hex(32)}[
+        make
+    ]
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as out:
         out.write(secret + "\n")
@@ -60,6 +69,7 @@ def load_credentials(config: CoordinatorConfig) -> Credentials:
         registration_key=_kept_secret(
             config.state_dir / "registration-key", config.auth.registration_key, "registration"
         ),
+        jwt_secret=_kept_secret(config.state_dir / "jwt-secret", config.auth.jwt_secret, "jwt"),
     )
 
 
@@ -121,6 +131,9 @@ async def authenticate(
         return Principal("admin")
     if hmac.compare_digest(presented, credentials.registration_key):
         return Principal("registrar")
+    if tokens.looks_like_jwt(presented):
+        subject, role = tokens.verify(credentials.jwt_secret, presented)
+        return Principal(role, name=subject)
     if presented.startswith(ids.TOKEN_PREFIX):
         runner_id = request.match_info.get("runner_id")
         expected = await runner_token(runner_id) if runner_id else None
@@ -136,6 +149,10 @@ def authorize(request: web.Request, principal: Principal) -> None:
     """Admins may do anything; a registration key may only register; a runner only its own routes."""
     if principal.role == "admin":
         return
+    if principal.role == "viewer":
+        if request.method in READ_METHODS:
+            return
+        raise AuthorizationFailed("A viewer token may only read; this call needs the admin role", method=request.method)
     route = request.match_info.route.resource.canonical if request.match_info.route.resource else ""
     if principal.role == "registrar":
         if route == "/api/runners/register" and request.method == "POST":

@@ -1,4 +1,8 @@
-"""``rustci-coordinator``: load the config, set up logging, serve until SIGTERM or Ctrl-C."""
+"""``rustci-coordinator``: load the config, set up logging, serve until SIGTERM or Ctrl-C.
+
+``rustci-coordinator token --subject NAME --role admin|viewer`` prints a bearer JWT signed with this
+coordinator's secret instead of serving.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from pathlib import Path
 import structlog
 from aiohttp import web
 
+from coordinator import auth, tokens
 from coordinator import config as config_module
 from coordinator.app import make_app
 from shared import logs
@@ -19,12 +24,24 @@ from shared.config import ConfigError
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rustci-coordinator", description="RustCI Runner coordinator")
     parser.add_argument("-c", "--config", type=Path, default=os.environ.get("RUSTCI_CONFIG"), help="YAML config file")
+    commands = parser.add_subparsers(dest="command")
+    token = commands.add_parser("token", help="print a bearer JWT for the API")
+    token.add_argument("--subject", required=True, help="who the token is for (its 'sub')")
+    token.add_argument("--role", choices=tokens.ROLES, default="viewer", help="admin: everything; viewer: read-only")
+    token.add_argument("--ttl", type=int, default=3600, help="seconds until it expires (default 3600)")
     args = parser.parse_args(argv)
     try:
         config = config_module.load(args.config)
     except ConfigError as e:
         print(f"rustci-coordinator: {e}", file=sys.stderr)
         return 2
+    if args.command == "token":
+        if not 1 <= args.ttl <= 366 * 24 * 3600:
+            print("rustci-coordinator: --ttl must be between 1 second and 366 days", file=sys.stderr)
+            return 2
+        secret = auth.load_credentials(config).jwt_secret
+        print(tokens.issue(secret, args.subject, args.role, args.ttl))
+        return 0
     logs.configure(config.log.level, config.log.format)  # type: ignore[arg-type]
     log = structlog.get_logger("coordinator")
     app = make_app(config)

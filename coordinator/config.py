@@ -33,6 +33,8 @@ class Auth(Settings):
     """The admin API key. Unset: generated on first start and kept in ``<state_dir>/admin-api-key``."""
     registration_key: str | None = Field(default=None, min_length=16)
     """The key agents present to register. Unset: generated and kept in ``<state_dir>/registration-key``."""
+    jwt_secret: str | None = Field(default=None, min_length=32)
+    """HS256 secret that signs bearer JWTs. Unset: generated and kept in ``<state_dir>/jwt-secret``."""
 
 
 class Runners(Settings):
