@@ -8,8 +8,9 @@
     rustci jobs list --runner RUNNER_ID [--status completed]
     rustci jobs get --runner RUNNER_ID JOB_ID
 
-The coordinator is ``$RUSTCI_URL`` (default http://localhost:8080) or ``--url``. The API key is ``--api-key``,
-else ``$RUSTCI_API_KEY``, else the one ``rustci local up`` keeps in ``.rustci/coordinator/admin-api-key``.
+The coordinator is ``$RUSTCI_URL`` (default http://localhost:8080) or ``--url``. The credential is ``--token`` or
+``$RUSTCI_TOKEN`` (a JWT from ``rustci-coordinator token``), else the API key: ``--api-key``, else
+``$RUSTCI_API_KEY``, else the one ``rustci local up`` keeps in ``.rustci/coordinator/admin-api-key``.
 Answers are printed as JSON; errors go to stderr with the API's error code, and the exit status is 1.
 """
 
@@ -47,6 +48,9 @@ def _api_key(args: argparse.Namespace) -> str | None:
 
 def _client(args: argparse.Namespace) -> RustCIClient:
     url = getattr(args, "url", None) or os.environ.get("RUSTCI_URL") or DEFAULT_URL
+    token = getattr(args, "token", None) or os.environ.get("RUSTCI_TOKEN")
+    if token:
+        return RustCIClient(url, token=token)
     return RustCIClient(url, _api_key(args))
 
 
@@ -140,6 +144,9 @@ def _connection_options() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--url", default=argparse.SUPPRESS, help="coordinator base URL (default: $RUSTCI_URL)")
     common.add_argument("--api-key", default=argparse.SUPPRESS, help="admin API key (default: $RUSTCI_API_KEY)")
+    common.add_argument(
+        "--token", default=argparse.SUPPRESS, help="bearer JWT instead of a key (default: $RUSTCI_TOKEN)"
+    )
     return common
 
 

@@ -93,9 +93,20 @@ def _segment(value: str) -> str:
 
 
 class RustCIClient:
-    """A client for ``<base_url>/api``; ``api_key`` is sent as the ``X-API-Key`` header."""
+    """A client for ``<base_url>/api``.
 
-    def __init__(self, base_url: str = DEFAULT_URL, api_key: str | None = None, timeout: float = 30.0) -> None:
+    Credentials: ``api_key`` is sent as ``X-API-Key``; ``token`` (a JWT from ``rustci-coordinator token``) as
+    ``Authorization: Bearer``. ``timeout`` bounds each request, in seconds.
+    """
+
+    def __init__(
+        self,
+        base_url: str = DEFAULT_URL,
+        api_key: str | None = None,
+        timeout: float = 30.0,
+        *,
+        token: str | None = None,
+    ) -> None:
         base = base_url.rstrip("/")
         self.base_url = base.removesuffix("/api")
         self.api_url = f"{self.base_url}/api"
@@ -104,6 +115,8 @@ class RustCIClient:
         self.session.headers["Accept"] = "application/json"
         if api_key:
             self.session.headers["X-API-Key"] = api_key
+        if token:
+            self.session.headers["Authorization"] = f"Bearer {token}"
 
     def close(self) -> None:
         self.session.close()

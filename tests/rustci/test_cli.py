@@ -122,3 +122,23 @@ async def test_client_side_validation_names_the_field(connected: CoordinatorHand
     code, _, err = await rustci("jobs", "submit", "--runner", "r", "--name", "n", "--step", "a=")
     assert code == 1
     assert "INVALID_REQUEST" in err and "steps[0].run" in err
+
+
+async def test_a_bearer_token_instead_of_a_key(
+    coordinator: CoordinatorHandle, rustci: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from coordinator import keys, tokens
+
+    assert coordinator.app is not None
+    viewer = tokens.issue(coordinator.app[keys.CREDENTIALS].jwt_secret, "ci-bot", "viewer", 60)
+    runner_id = (await register_runner(coordinator.api, port=free_port()))["runner_id"]
+    monkeypatch.setenv("RUSTCI_URL", coordinator.url)
+    monkeypatch.setenv("RUSTCI_API_KEY", API_KEY)  # the token wins over the key
+    monkeypatch.setenv("RUSTCI_TOKEN", viewer)
+    code, listed, _ = await rustci("runners", "list")
+    assert code == 0 and [r["id"] for r in listed["runners"]] == [runner_id]
+    code, _, err = await rustci("runners", "delete", runner_id)
+    assert code == 1 and "AUTHORIZATION_FAILED" in err
+    monkeypatch.delenv("RUSTCI_TOKEN")
+    code, _, err = await rustci("runners", "get", runner_id, "--token", "eyJ.not.valid")
+    assert code == 1 and "AUTHENTICATION_REQUIRED" in err

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
 from rustci import JobWaitTimeout, RustCIClient
 from shared import errors
-from tests.conftest import API_KEY, CoordinatorHandle, StartAgent
+from tests.conftest import API_KEY, CoordinatorHandle, StartAgent, coordinator_config
 from tests.helpers import free_port, registration
 
 T = TypeVar("T")
@@ -248,3 +249,37 @@ async def test_status_health_metrics_and_logs(client: RustCIClient, start_agent:
 async def test_unknown_runner_has_no_logs_to_follow(client: RustCIClient) -> None:
     with pytest.raises(errors.RunnerNotFound):
         await call(lambda: next(client.follow_runner_logs("runner_missing", idle_timeout=5)))
+
+
+async def test_bearer_tokens_and_their_roles(client: RustCIClient, coordinator: CoordinatorHandle) -> None:
+    from coordinator import keys, tokens
+
+    assert coordinator.app is not None
+    secret = coordinator.app[keys.CREDENTIALS].jwt_secret
+    runner_id = (await call(client.register_runner, registration(port=free_port())))["runner_id"]
+
+    with RustCIClient(coordinator.url, token=tokens.issue(secret, "alice", "viewer", 60)) as viewer:
+        assert (await call(viewer.get_runner, runner_id))["id"] == runner_id
+        with pytest.raises(errors.AuthorizationFailed):
+            await call(viewer.delete_runner, runner_id)
+    with RustCIClient(coordinator.url, token=tokens.issue(secret, "root", "admin", 60)) as admin:
+        assert (await call(admin.delete_runner, runner_id))["success"] is True
+    with RustCIClient(coordinator.url, token=tokens.issue("another-secret-" * 3, "eve", "admin", 60)) as forged:
+        with pytest.raises(errors.AuthenticationRequired):
+            await call(forged.list_runners)
+
+
+async def test_rate_limits_raise_their_typed_error(tmp_path: Path) -> None:
+    limited = CoordinatorHandle(
+        coordinator_config(tmp_path / "limited", rate_limits={"enabled": True, "registration_per_minute": 1})
+    )
+    await limited.start()
+    try:
+        with RustCIClient(limited.url, api_key=API_KEY) as sdk:
+            # Three at once: at least two share a one-minute window, so one of them is over the limit.
+            with pytest.raises(errors.RateLimitExceeded) as limit:
+                for _ in range(3):
+                    await call(sdk.register_runner, registration(port=free_port()))
+        assert limit.value.status == 429
+    finally:
+        await limited.stop()
