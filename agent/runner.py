@@ -88,9 +88,9 @@ class JobRunner:
         timeout = spec.timeout or self.config.job_timeout
         outcome: Outcome | None = None
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(timeout) as deadline:
                 await self.executor.setup(context)
-                outcome = await self._steps(context, job, bound)
+                outcome = await self._steps(context, job, bound, deadline)
         except TimeoutError:
             outcome = Outcome("timed_out", reason=f"job exceeded its timeout of {timeout}s")
         except ExecutorError as e:
@@ -112,7 +112,7 @@ class JobRunner:
         assert outcome is not None  # every path that gets here set it
         return outcome
 
-    async def _steps(self, context: JobContext, job: StoredJob, bound: Any) -> Outcome:
+    async def _steps(self, context: JobContext, job: StoredJob, bound: Any, deadline: asyncio.Timeout) -> Outcome:
         for index, step in enumerate(job.assignment.spec.steps):
             env = {**context.environment, **step.env, "RUSTCI_STEP_NAME": step.name}
             await self.outbox.emit(
@@ -128,9 +128,14 @@ class JobRunner:
                 status = "completed" if code == 0 else "failed"
             except TimeoutError:
                 status, code = "timed_out", None
-            except (asyncio.CancelledError, ExecutorError):
+            except (asyncio.CancelledError, ExecutorError) as e:
                 # The job ends here; record the step as such before the error travels on.
-                ended = "failed" if self._logs[(context.job_id, context.attempt)].failure else "cancelled"
+                if isinstance(e, ExecutorError) or self._logs[(context.job_id, context.attempt)].failure:
+                    ended = "failed"
+                elif deadline.expired():
+                    ended = "timed_out"  # the job's own timeout ended this step
+                else:
+                    ended = "cancelled"
                 await asyncio.shield(self._finish_step(context, index, step.name, ended, None, started))
                 raise
             await self._finish_step(context, index, step.name, status, code, started)
