@@ -16,7 +16,7 @@ from pathlib import Path
 import structlog
 
 from agent import config as config_module
-from agent.daemon import Agent
+from agent.daemon import Agent, ExecutorUnavailable
 from agent.registration import RegistrationRefused
 from shared import logs
 from shared.config import ConfigError
@@ -90,7 +90,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logs.configure(config.log.level, config.log.format)  # type: ignore[arg-type]
     use_pidfd_child_watcher()
-    return asyncio.run(serve(Agent(config, args.config)))
+    try:
+        agent = Agent(config, args.config)
+    except ExecutorUnavailable as e:
+        where = args.config or "(defaults)"
+        print(f"rustci-agent: config error in {where}: {e}", file=sys.stderr)
+        return 2
+    return asyncio.run(serve(agent))
 
 
 if __name__ == "__main__":

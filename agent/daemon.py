@@ -40,10 +40,16 @@ from shared.tasks import TaskSet
 log = structlog.get_logger(__name__)
 
 
+class ExecutorUnavailable(Exception):
+    """The configured executor cannot be used on this host; the daemon stops with this one-line message."""
+
+
 def make_executor(config: AgentConfig) -> Executor:
     if config.runner.type in ("native", "local"):
         return NativeExecutor(kill_grace_period=config.kill_grace_period, max_line=config.max_log_line_bytes)
-    raise ValueError(f"executor '{config.runner.type}' is not available in this build")
+    raise ExecutorUnavailable(
+        f"runner.type: the '{config.runner.type}' executor is not available in this build (allowed: native, local)"
+    )
 
 
 # Settings SIGHUP and restart apply from the file without a process restart.
@@ -117,16 +123,30 @@ class Agent:
         except Exception as e:
             log.error("config reload failed; keeping the running configuration", error=str(e))
             return
-        changed = {name for name in RELOADABLE if getattr(fresh, name) != getattr(self.config, name)}
+        differs = {name for name in AgentConfig.model_fields if getattr(fresh, name) != getattr(self.config, name)}
+        kept = differs & self.runtime.overridden  # set through the API: the API's value stands
+        changed = (differs & set(RELOADABLE)) - kept
         for name in changed:
             setattr(self.config, name, getattr(fresh, name))
         self._config_changed(changed)
-        needs_restart = [
-            name
-            for name in AgentConfig.model_fields
-            if name not in RELOADABLE and getattr(fresh, name) != getattr(self.config, name)
-        ]
-        log.info("configuration reloaded", applied=sorted(changed), needs_restart=needs_restart)
+        needs_restart = sorted(differs - set(RELOADABLE) - kept)
+        log.info(
+            "configuration reloaded", applied=sorted(changed), kept_api_values=sorted(kept), needs_restart=needs_restart
+        )
+        if changed & {"max_concurrent_jobs", "heartbeat_interval"} and self._identity is not None:
+            self.spawn(self.announce_limits(), "announce")
+
+    async def announce_limits(self) -> None:
+        """Tell the registry the limits it shows and plans with (start-time estimates, liveness)."""
+        identity = self.identity()
+        metadata = {
+            "max_concurrent_jobs": self.config.max_concurrent_jobs,
+            "heartbeat_interval": self.config.heartbeat_interval,
+        }
+        try:
+            await self.client.call("PUT", f"/runners/{identity.runner_id}", identity.token, {"metadata": metadata})
+        except (CoordinatorUnreachable, ApiError) as e:
+            log.warning("could not announce the new limits; the next start announces them", error=str(e))
 
     def reset_executor(self) -> None:
         self.executor = make_executor(self.config)

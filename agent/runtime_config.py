@@ -33,6 +33,8 @@ class RuntimeConfig:
         self._store = store
         self._on_change = on_change
         self.last_updated: datetime = utcnow()
+        self.overridden: set[str] = set()
+        """Settings set through the API; they win over the config file, on restart and on reload alike."""
 
     def current(self) -> RunnerConfiguration:
         c = self._config
@@ -53,6 +55,7 @@ class RuntimeConfig:
         saved = json.loads(raw)
         update = RunnerConfigUpdate.model_validate(saved.get("values", {}))
         self._apply(update)
+        self.overridden = set(update.model_fields_set)
         if saved.get("last_updated"):
             self.last_updated = parse_iso(saved["last_updated"])
 
@@ -62,6 +65,7 @@ class RuntimeConfig:
         raw = await self._store.setting(SETTING_KEY)
         values: dict[str, Any] = json.loads(raw).get("values", {}) if raw else {}
         values.update(update.model_dump(mode="json", exclude_unset=True))
+        self.overridden |= set(update.model_fields_set)
         await self._store.set_setting(
             SETTING_KEY, json.dumps({"values": values, "last_updated": self.last_updated.isoformat()})
         )

@@ -103,6 +103,12 @@ async def test_sighup_applies_an_edited_config_file_live(
 
     await wait_for(reloaded, 5, what="max_concurrent_jobs 3 after SIGHUP")
 
+    async def registry_knows() -> bool:
+        _, runner = await api.get(f"/runners/{runner_id}")
+        return bool(runner["metadata"].get("max_concurrent_jobs") == 3)
+
+    await wait_for(registry_knows, 5, what="the registry to show the reloaded limit")
+
     # A broken file is refused as a whole; the agent keeps running with what it has.
     agent_config_file(config, max_concurrent_jobs=0, shutdown_timeout=3)
     proc.signal(signal.SIGHUP)
@@ -111,4 +117,22 @@ async def test_sighup_applies_an_edited_config_file_live(
     assert await _max_concurrent_jobs(api, runner_id) == 3
     job_id = await submit_job(api, runner_id, "still-working", "true")
     assert (await api.wait_job(runner_id, job_id, TERMINAL))["status"] == "completed"
+    assert await proc.stop() == 0
+
+
+async def test_sighup_keeps_settings_made_through_the_api(
+    coordinator: CoordinatorHandle, agent_process: StartAgentProcess, tmp_path: Path
+) -> None:
+    api = coordinator.api
+    config = agent_config_file(tmp_path / "agent.yaml", max_concurrent_jobs=1, shutdown_timeout=3)
+    proc = agent_process(coordinator.url, RUSTCI_CONFIG=str(config))
+    runner_id = await wait_process_runner(api, proc)
+    status, body = await api.put(f"/runners/{runner_id}/config", {"max_concurrent_jobs": 2})
+    assert status == 200, body
+
+    agent_config_file(config, max_concurrent_jobs=5, shutdown_timeout=4)
+    proc.signal(signal.SIGHUP)
+    await _logged(proc, "configuration reloaded")
+    assert await _max_concurrent_jobs(api, runner_id) == 2  # the API's value stands over the file's
+    assert '"kept_api_values": ["max_concurrent_jobs"]' in proc.log()
     assert await proc.stop() == 0

@@ -107,6 +107,11 @@ BAD_FILES: dict[str, tuple[str, str, list[str]]] = {
         "cleanup_policy: sometimes\n",
         ["cleanup_policy:", "'always'", "'on_success'", "'never'"],
     ),
+    "agent-executor-not-built": (
+        "agent",
+        "runner:\n  type: kubernetes\n",
+        ["runner.type:", "'kubernetes' executor is not available", "allowed: native, local"],
+    ),
 }
 
 
