@@ -198,22 +198,25 @@ class Outbox:
         assert self._spool_bytes is not None
         need = self._spool_bytes - int(self.spool_max_bytes * SPOOL_LOW_WATER)
         notice = self._notice[0] if self._notice else 0
-        droppable = (
-            "FROM outbox WHERE seq > ? AND seq != ? AND json_extract(body, '$.kind') = 'log'"  # never state events
-        )
-        count, last, freed, runner_id = conn.execute(
-            "SELECT COUNT(*), MAX(seq), SUM(size), MAX(runner_id) FROM ("
-            f"  SELECT seq, runner_id, length(body) AS size, SUM(length(body)) OVER (ORDER BY seq) - length(body)"
-            f"  AS before {droppable}"
-            ") WHERE before < ?",
-            (self._protected_upto, notice, need),
-        ).fetchone()
+        # Never state events, never the drop entry, never what may be delivered.
+        droppable = "FROM outbox WHERE seq > ? AND seq != ? AND json_extract(body, '$.kind') = 'log'"
+        count = freed = 0
+        last, runner_id = self._protected_upto, ""
+        while freed < need:  # a thousand rows per statement: no per-row trip back to Python
+            n, upto, size, owner = conn.execute(
+                f"SELECT COUNT(*), MAX(seq), SUM(size), MAX(runner_id) FROM ("
+                f"  SELECT seq, runner_id, length(body) AS size {droppable} ORDER BY seq LIMIT 1000)",
+                (last, notice),
+            ).fetchone()
+            if not n:
+                break  # nothing more to drop: what is left is state, the notice, or may be delivered
+            count, freed, last, runner_id = count + int(n), freed + int(size), int(upto), str(owner)
         if not count:
-            return  # nothing droppable: state events and entries that may be delivered are all that is left
+            return
         conn.execute(f"DELETE {droppable} AND seq <= ?", (self._protected_upto, notice, last))
-        self._spool_bytes -= int(freed)
-        self.dropped_entries += int(count)
-        self._record_drop(conn, str(runner_id), int(count), int(freed))
+        self._spool_bytes -= freed
+        self.dropped_entries += count
+        self._record_drop(conn, runner_id, count, freed)
 
     def _record_drop(self, conn: sqlite3.Connection, runner_id: str, count: int, size: int) -> None:
         """Say what was dropped: update the drop entry still waiting to be sent, else write a new one."""
@@ -242,21 +245,22 @@ class Outbox:
 
     # --- reading and acknowledging (the shipper) ------------------------------------------------------------
 
-    async def pending_batch(self, runner_id: str) -> Batch | None:
-        """The oldest unacknowledged entries, at most BATCH_LIMIT of them and about BATCH_BYTES (less for a small
-        spool: what is in flight cannot be dropped, so it must stay a small part of the spool)."""
+    async def pending_batch(self, runner_id: str, after: int = 0) -> Batch | None:
+        """The oldest unacknowledged entries past sequence ``after``, at most BATCH_LIMIT of them and about
+        BATCH_BYTES (less for a small spool: what is in flight cannot be dropped, so it must stay a small part
+        of the spool)."""
         most = min(BATCH_BYTES, self.spool_max_bytes // 4)
 
         def op(conn: sqlite3.Connection) -> Batch | None:
             # Bodies are stored without their sequence number: splice it in front, and join the batch in SQLite.
+            # The LIMIT is applied before the running total: a window over the whole spool would cost O(spool).
             count, last, events = conn.execute(
                 "SELECT COUNT(*), MAX(seq), group_concat('{\"seq\":' || seq || ',' || substr(body, 2), ',') FROM ("
-                "  SELECT seq, body FROM ("
-                "    SELECT seq, body, SUM(length(body)) OVER (ORDER BY seq) - length(body) AS before"
-                "    FROM outbox WHERE runner_id = ? ORDER BY seq LIMIT ?"
-                "  ) WHERE before < ? ORDER BY seq"
-                ")",
-                (runner_id, BATCH_LIMIT, most),
+                "  SELECT seq, body, SUM(length(body)) OVER (ORDER BY seq) - length(body) AS before FROM ("
+                "    SELECT seq, body FROM outbox WHERE runner_id = ? AND seq > ? ORDER BY seq LIMIT ?"
+                "  ) ORDER BY seq"
+                ") WHERE before < ?",
+                (runner_id, after, BATCH_LIMIT, most),
             ).fetchone()
             if count:
                 self._protected_upto = max(self._maybe_delivered_upto, int(last))
@@ -282,7 +286,7 @@ class Outbox:
             conn.execute("DELETE FROM outbox WHERE runner_id = ? AND seq <= ?", (runner_id, upto))
             if self._spool_bytes is not None:
                 self._spool_bytes -= int(freed)
-            self._protected_upto = self._maybe_delivered_upto
+            # Protection is left as it is: the batch read ahead of this acknowledgement is about to be sent.
 
         await self._store.db.run(op)
 
@@ -318,21 +322,16 @@ class Shipper:
         while True:
             await self._outbox.pending.wait()
             self._outbox.pending.clear()
-            while True:
-                identity = self._identity()
-                batch = await self._outbox.pending_batch(identity.runner_id)
-                if batch is None:
-                    break
+            identity = self._identity()
+            batch = await self._outbox.pending_batch(identity.runner_id)
+            while batch is not None:
                 try:
-                    acked = await self._send(identity, batch)
+                    acked, ahead = await self._send_reading_ahead(identity, batch)
                 except CoordinatorUnreachable as e:
                     # Refused before anything was sent: certainly not delivered. Cut later: perhaps applied.
                     self._outbox.unsent(batch, maybe_delivered=not isinstance(e.__cause__, ClientConnectorError))
                     self.failures += 1
                     log.warning("coordinator unreachable; events kept for resend", error=str(e), retry_in=backoff)
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, MAX_BACKOFF)
-                    continue
                 except (RunnerNotFound, AuthenticationRequired):
                     log.warning("coordinator no longer knows this runner", runner_id=identity.runner_id)
                     self._on_forgotten()
@@ -341,11 +340,29 @@ class Shipper:
                     self._outbox.unsent(batch, maybe_delivered=False)  # an answer: nothing was applied
                     self.failures += 1
                     log.error("coordinator refused an event batch", code=e.code, error=e.message, retry_in=backoff)
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, MAX_BACKOFF)
+                else:
+                    backoff = 0.05
+                    await self._outbox.acknowledge(identity.runner_id, acked)
+                    if ahead is None or acked < batch.last_seq:
+                        ahead = await self._outbox.pending_batch(identity.runner_id)
+                    batch = ahead
                     continue
-                backoff = 0.05
-                await self._outbox.acknowledge(identity.runner_id, acked)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF)
+                identity = self._identity()
+                batch = await self._outbox.pending_batch(identity.runner_id)  # from the oldest again
+
+    async def _send_reading_ahead(self, identity: Identity, batch: Batch) -> tuple[int, Batch | None]:
+        """Send a batch and, while the coordinator stores it, read the next one: the local read is then off the
+        critical path (the coordinator applies batches strictly one after the other anyway)."""
+        sending = asyncio.create_task(self._send(identity, batch), name="shipper:send")
+        try:
+            ahead = await self._outbox.pending_batch(identity.runner_id, after=batch.last_seq)
+            return await sending, ahead
+        finally:
+            if not sending.done():
+                sending.cancel()
+                await asyncio.gather(sending, return_exceptions=True)
 
     async def _send(self, identity: Identity, batch: Batch) -> int:
         answer = await self._client.call(

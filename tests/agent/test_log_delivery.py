@@ -315,9 +315,12 @@ async def test_a_full_spool_drops_the_oldest_log_entries_never_the_job_and_says_
             "SELECT level, message FROM log_entries WHERE runner_id = ? AND job_id IS NULL", (runner_id,)
         ).fetchall()
 
-    ((level, message),) = await coordinator.store.db.read(notices)  # one entry, however many drops
-    assert level == 30 and "log spool" in message
-    dropped = int(re.search(r"Dropped (\d+) log entries", message).group(1))  # type: ignore[union-attr]
+    # One warning per drop, updated in place while it waits to be sent: a handful, not one per lost line.
+    found = await coordinator.store.db.read(notices)
+    assert 1 <= len(found) <= 5
+    assert all(level == 30 and "log spool" in message for level, message in found)
+    counts = [re.search(r"Dropped (\d+) log entries", message) for _, message in found]
+    dropped = sum(int(match.group(1)) for match in counts if match)
     assert dropped == (20_000 - len(printed)) + (JOB_SYSTEM_ENTRIES - len(system(rows)))
 
 
@@ -377,17 +380,17 @@ async def test_hostile_output_is_stored_sanely(coordinator: CoordinatorHandle, s
     )
     job_id = await submit(coordinator.api, runner_id, run)
     await coordinator.api.wait_job(runner_id, job_id, TERMINAL)
-    output = [(stream, level, message) for _, stream, level, message in await stored(coordinator, job_id)]
-    output = [line for line in output if line[0] != "system"]
-    assert output == [
-        ("stdout", "info", "ok \ufffd\ufffd end"),
-        ("stdout", "info", "100%"),
-        ("stdout", "info", "a" * 1024 + " [continued]"),
-        ("stdout", "info", "a" * 1024 + " [continued]"),
-        ("stdout", "info", "a" * 952),
-        ("stderr", "warn", "oops"),
-        ("stdout", "info", "no newline at the end"),
+    rows = await stored(coordinator, job_id)
+    # Each stream keeps its order; between stdout and stderr there is none to keep (two pipes).
+    assert [(level, message) for _, stream, level, message in rows if stream == "stdout"] == [
+        ("info", "ok \ufffd\ufffd end"),
+        ("info", "100%"),
+        ("info", "a" * 1024 + " [continued]"),
+        ("info", "a" * 1024 + " [continued]"),
+        ("info", "a" * 952),
+        ("info", "no newline at the end"),
     ]
+    assert [(level, message) for _, stream, level, message in rows if stream == "stderr"] == [("warn", "oops")]
 
 
 API_KEY = "k3y/with+special=chars"
