@@ -81,6 +81,16 @@ class HealthThresholds(Settings):
         return self
 
 
+class DockerSettings(Settings):
+    """The Docker executor's job containers (``runner.type: docker``); ``docker_config`` and ``resource_limits``
+    apply to them too. The engine is the one ``DOCKER_HOST`` names (default ``unix:///var/run/docker.sock``)."""
+
+    image: str = Field(default="alpine:3.20", min_length=1, max_length=512, pattern=r"^[^\s]+$")
+    """Image every job's container runs; it needs ``sh`` (and ``mkdir``, ``kill``)."""
+    pull_policy: Literal["if-not-present", "never"] = "if-not-present"
+    """``if-not-present``: pull the image when this host lacks it; ``never``: a missing image fails the job."""
+
+
 class AgentConfig(Settings):
     coordinator: CoordinatorLink = Field(default_factory=CoordinatorLink)
     runner: RunnerSettings = Field(default_factory=RunnerSettings)
@@ -126,6 +136,8 @@ class AgentConfig(Settings):
     """Limits for each job's container or pod (Docker, Kubernetes executors)."""
     docker_config: DockerConfig = Field(default_factory=DockerConfig)
     """Container settings for the Docker executor."""
+    docker: DockerSettings = Field(default_factory=DockerSettings)
+    """The Docker executor's image and pull policy."""
     log: Log = Field(default_factory=Log)
 
     @property

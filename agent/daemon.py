@@ -47,8 +47,13 @@ class ExecutorUnavailable(Exception):
 def make_executor(config: AgentConfig) -> Executor:
     if config.runner.type in ("native", "local"):
         return NativeExecutor(kill_grace_period=config.kill_grace_period, max_line=config.max_log_line_bytes)
+    if config.runner.type == "docker":
+        from agent.executors.docker import DockerExecutor  # the Docker SDK is loaded only by agents that use it
+
+        return DockerExecutor(config)
     raise ExecutorUnavailable(
-        f"runner.type: the '{config.runner.type}' executor is not available in this build (allowed: native, local)"
+        f"runner.type: the '{config.runner.type}' executor is not available in this build"
+        " (allowed: native, local, docker)"
     )
 
 
@@ -62,6 +67,7 @@ RELOADABLE = (
     "environment",
     "resource_limits",
     "docker_config",
+    "docker",
     "shutdown_timeout",
 )
 

@@ -2,43 +2,41 @@
 
 Every test in this package takes the ``executor`` fixture and talks to the system through the public API only
 (an in-process coordinator and one agent of the executor's type), so the same tests hold every backend to the
-same job semantics. Today the suite runs on ``native``. Adding a backend is one entry in ``EXECUTORS`` with
-the agent settings that select it; the tests run on it unchanged::
+same job semantics. The suite runs on ``native`` and ``docker`` (skipped without a Docker engine unless
+``RUSTCI_REQUIRE_DOCKER=1``). Adding a backend is one entry in ``EXECUTORS`` with the agent settings that
+select it; the tests run on it unchanged. ``{shared}`` in any string setting is replaced by
+:attr:`RunnerUnderTest.shared`, a host directory the jobs and the test both see (the Docker entry mounts it at
+the same path in the job containers).
 
-    EXECUTORS = {
-        "native": {},
-        "docker": {
-            "runner": {"type": "docker", "capabilities": ["shell", "docker"]},
-            "image": "busybox:1.36",  # the executor's job image setting
-            # jobs write counter files to the shared directory: mount it at the same path
-            "docker_config": {"volumes": ["{shared}:{shared}:rw"]},
-        },
-        "kubernetes": {
-            "runner": {"type": "kubernetes", "capabilities": ["shell", "kubernetes"]},
-            "image": "busybox:1.36",
-            "namespace": "rustci-semantics",
-        },
-    }
-
-``{shared}`` in any string setting is replaced by :attr:`RunnerUnderTest.shared`, a host directory the jobs
-and the test both see. Steps use only POSIX ``sh`` and busybox-compatible tools. Leftover processes are found
-on this host with psutil (:class:`tests.helpers.ProcessMarker`), which also sees a local Docker's containers.
+Steps use only POSIX ``sh`` and busybox-compatible tools. Leftover processes are found on this host with psutil
+(:class:`tests.helpers.ProcessMarker`), which also sees the processes in a local Docker's containers. On Docker,
+every job that ended under ``cleanup_policy: always`` is also checked to have left no container behind, and the
+containers of the suite's runners are removed at teardown whatever happened.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from agent.daemon import Agent
+from tests import docker_support
 from tests.conftest import CoordinatorHandle, StartAgent
 from tests.helpers import TERMINAL, Api, submit_job
 
 EXECUTORS: dict[str, dict[str, Any]] = {
     "native": {},
+    "docker": {
+        "runner": {"type": "docker", "capabilities": ["shell", "docker"]},
+        "docker": {"image": docker_support.IMAGE, "pull_policy": "never"},
+        # No network for the jobs; they write counter files to the shared directory: mount it at the same path.
+        "docker_config": {"network_mode": "none", "volumes": ["{shared}:{shared}:rw"]},
+    },
 }
 
 
@@ -71,7 +69,12 @@ class RunnerUnderTest:
         return await submit_job(self.api, self.runner_id, name, *runs, **fields)
 
     async def wait(self, job_id: str, statuses: set[str] = TERMINAL, timeout: float = 20.0) -> dict[str, Any]:
-        return await self.api.wait_job(self.runner_id, job_id, statuses, timeout)
+        job = await self.api.wait_job(self.runner_id, job_id, statuses, timeout)
+        if self.executor == "docker" and job["status"] in TERMINAL and self.agent.config.cleanup_policy == "always":
+            # The job's report follows its cleanup: by now its container is gone.
+            left = await asyncio.to_thread(docker_support.containers, **{"rustci.job_id": job_id})
+            assert not left, f"containers of job {job_id} left behind: {[c['Names'] for c in left]}"
+        return job
 
     async def run(self, name: str, *runs: str, **fields: Any) -> dict[str, Any]:
         """Submit and wait until the job ends; returns its detail."""
@@ -91,17 +94,31 @@ class ExecutorUnderTest:
     start_agent: StartAgent
     shared: Path
 
+    agents: list[Agent] = field(default_factory=list)
+
     async def start(self, state_name: str = "semantics", **overrides: Any) -> RunnerUnderTest:
         """Start an agent of this executor (``overrides`` are agent settings, e.g. ``max_concurrent_jobs=2``)."""
         settings = _substitute(self.settings, self.shared)
         agent = await self.start_agent(state_name=state_name, **settings, **overrides)
+        self.agents.append(agent)
         return RunnerUnderTest(self.name, self.coordinator.api, agent.identity().runner_id, agent, self.shared)
 
 
 @pytest.fixture(params=list(EXECUTORS))
-def executor(
+async def executor(
     request: pytest.FixtureRequest, coordinator: CoordinatorHandle, start_agent: StartAgent, tmp_path: Path
-) -> ExecutorUnderTest:
+) -> AsyncIterator[ExecutorUnderTest]:
+    if request.param == "docker":
+        docker_support.require_docker()
+        await asyncio.to_thread(docker_support.busybox_image)
     shared = tmp_path / "shared"
     shared.mkdir()
-    return ExecutorUnderTest(request.param, EXECUTORS[request.param], coordinator, start_agent, shared)
+    under_test = ExecutorUnderTest(request.param, EXECUTORS[request.param], coordinator, start_agent, shared)
+    yield under_test
+    if request.param == "docker":
+        # Whatever the test's agents left (a failed test, cleanup_policy never): agents first, so none starts more.
+        for agent in under_test.agents:
+            if not agent.stopped.is_set():
+                await agent.stop(timeout=2)
+            if (identity := agent.identity_or_none) is not None:
+                await asyncio.to_thread(docker_support.remove_containers, **{"rustci.runner_id": identity.runner_id})
