@@ -115,7 +115,7 @@ class JobRunner:
     async def _steps(self, context: JobContext, job: StoredJob, bound: Any, deadline: asyncio.Timeout) -> Outcome:
         for index, step in enumerate(job.assignment.spec.steps):
             env = {**context.environment, **step.env, "RUSTCI_STEP_NAME": step.name}
-            await self.outbox.emit(
+            self.outbox.emit_nowait(
                 self._step_event(context, index, step.name, "running"),
                 self._system(context.job_id, context.attempt, "info", f"Step started: {step.name}", step.name),
             )
@@ -136,9 +136,9 @@ class JobRunner:
                     ended = "timed_out"  # the job's own timeout ended this step
                 else:
                     ended = "cancelled"
-                await asyncio.shield(self._finish_step(context, index, step.name, ended, None, started))
+                self._finish_step(context, index, step.name, ended, None, started)
                 raise
-            await self._finish_step(context, index, step.name, status, code, started)
+            self._finish_step(context, index, step.name, status, code, started)
             bound.debug("step finished", step=step.name, status=status, exit_code=code)
             if status == "completed" or step.continue_on_error:
                 continue
@@ -147,13 +147,13 @@ class JobRunner:
             return Outcome("failed", exit_code=code, reason=f"step '{step.name}' failed with exit code {code}")
         return Outcome("completed", exit_code=0)
 
-    async def _finish_step(
+    def _finish_step(
         self, context: JobContext, index: int, name: str, status: str, code: int | None, started: float
     ) -> None:
         took = time.monotonic() - started
         level = "info" if status == "completed" else "error"
         detail = f" with exit code {code}" if code is not None else ""
-        await self.outbox.emit(
+        self.outbox.emit_nowait(
             {**self._step_event(context, index, name, status), "exit_code": code},
             self._system(context.job_id, context.attempt, level, f"Step {status}: {name}{detail} in {took:.3f}s", name),
         )

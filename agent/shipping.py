@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -67,6 +68,10 @@ class Batch:
     count: int
     last_seq: int
     events: str
+
+
+STATE_PREFIXES = ('{"kind":"step"', '{"kind":"job"')
+"""How an encoded state event starts (``emit_nowait`` encodes them compactly, kind first)."""
 
 
 def _encode(event: dict[str, Any]) -> str:
@@ -110,15 +115,19 @@ class Outbox:
     # --- writing ---------------------------------------------------------------------------------------
 
     async def transition(self, job_id: str, status: str, attempt: int, *events: dict[str, Any]) -> None:
-        """Record a job's state and queue the events that report it, after any buffered lines."""
-        await self._write([])
-        bodies = [_encode(event) for event in events]
-        await self._store.transition(job_id, status, attempt, list(events), self._identity().runner_id)
-        await self._store.db.run(lambda conn: self._grew(conn, sum(map(len, bodies))))
-        self.pending.set()
+        """Record a job's state and queue the events that report it, after any buffered entries, in one
+        transaction (the job's state and its report are never out of step after a crash)."""
+        await self._write([_encode(event) for event in events], job_state=(job_id, status, attempt))
 
     async def emit(self, *events: dict[str, Any]) -> None:
         await self._write([_encode(event) for event in events])
+
+    def emit_nowait(self, *events: dict[str, Any]) -> None:
+        """Queue events behind the buffered lines without waiting for the disk (step transitions): the writer
+        stores them shortly, and the job's next transition stores them first in its own transaction."""
+        for event in events:
+            self._lines.append(_encode(event))
+        self._lines_waiting.set()
 
     def line(self, body: str) -> None:
         """Queue an encoded log entry without waiting (called for every line a step prints)."""
@@ -146,24 +155,30 @@ class Outbox:
         await self._write([])
 
     def _shed_oldest(self) -> None:
-        """The writer is far behind: drop the oldest buffered lines, down to half the memory bound."""
-        count, size = 0, 0
-        while self._lines_bytes > self.memory_max_bytes // 2:
-            dropped = len(self._lines[count])
-            self._lines_bytes -= dropped
-            size += dropped
+        """The writer is far behind: drop the oldest buffered log lines, down to half the memory bound.
+        State events (a step started or finished) are kept whatever the pressure."""
+        count, size, index = 0, 0, 0
+        kept: list[str] = []
+        while self._lines_bytes > self.memory_max_bytes // 2 and index < len(self._lines):
+            body = self._lines[index]
+            index += 1
+            if body.startswith(STATE_PREFIXES):
+                kept.append(body)
+                continue
+            self._lines_bytes -= len(body)
+            size += len(body)
             count += 1
-        del self._lines[:count]
+        self._lines[:index] = kept
         self._shed = (self._shed[0] + count, self._shed[1] + size)
         self.dropped_entries += count
         log.warning("log writer fell behind; dropped buffered log lines", dropped=count)
 
-    async def _write(self, bodies: list[str]) -> None:
+    async def _write(self, bodies: list[str], job_state: tuple[str, str, int] | None = None) -> None:
         lines, self._lines, self._lines_bytes = self._lines, [], 0
         self._room.set()
         shed, self._shed = self._shed, (0, 0)
         rows = [*lines, *bodies]
-        if not rows and not shed[0]:
+        if not rows and not shed[0] and job_state is None:
             return
         runner_id = self._identity().runner_id
 
@@ -173,6 +188,12 @@ class Outbox:
         packed = json.dumps(rows)
 
         def op(conn: sqlite3.Connection) -> None:
+            if job_state is not None:
+                job_id, status, attempt = job_state
+                conn.execute(
+                    "UPDATE jobs SET status = ?, attempt = ?, updated_at = ? WHERE job_id = ?",
+                    (status, attempt, time.time(), job_id),
+                )
             conn.execute(
                 "INSERT INTO outbox (runner_id, body) SELECT ?, value FROM json_each(?) ORDER BY key",
                 (runner_id, packed),

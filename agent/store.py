@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from shared.models import JobAssignment
 from shared.sqlite import Database
@@ -95,23 +93,6 @@ class AgentStore:
 
         return await self.db.read(op)
 
-    async def transition(
-        self, job_id: str, status: str, attempt: int, events: list[dict[str, Any]], runner_id: str
-    ) -> None:
-        """Record a job's new state and queue the events that report it, in one transaction."""
-
-        def op(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "UPDATE jobs SET status = ?, attempt = ?, updated_at = ? WHERE job_id = ?",
-                (status, attempt, time.time(), job_id),
-            )
-            _append(conn, runner_id, events)
-
-        await self.db.run(op)
-
-    async def append_events(self, runner_id: str, events: list[dict[str, Any]]) -> None:
-        await self.db.run(lambda conn: _append(conn, runner_id, events))
-
     async def pending_events(self, runner_id: str, limit: int) -> list[tuple[int, str]]:
         def op(conn: sqlite3.Connection) -> list[tuple[int, str]]:
             rows = conn.execute(
@@ -157,10 +138,3 @@ class AgentStore:
 
     async def outbox_size(self) -> int:
         return await self.db.read(lambda conn: int(conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]))
-
-
-def _append(conn: sqlite3.Connection, runner_id: str, events: list[dict[str, Any]]) -> None:
-    conn.executemany(
-        "INSERT INTO outbox (runner_id, body) VALUES (?, ?)",
-        [(runner_id, json.dumps(event, separators=(",", ":"))) for event in events],
-    )

@@ -36,7 +36,12 @@ class NativeExecutor:
 
     async def setup(self, job: JobContext) -> None:
         try:
-            await asyncio.to_thread(_fresh_dir, job.workspace)
+            # The usual case, a workspace that does not exist yet, is a couple of mkdir calls: done inline
+            # rather than paying a thread hand-off; a leftover tree to clear goes to a thread.
+            try:
+                job.workspace.mkdir(parents=True, mode=0o700)
+            except FileExistsError:
+                await asyncio.to_thread(_fresh_dir, job.workspace)
         except OSError as e:
             raise ExecutorError(f"cannot create workspace {job.workspace}: {e.strerror or e}") from e
 
@@ -92,7 +97,13 @@ class NativeExecutor:
         await process.wait()
 
     async def cleanup(self, job: JobContext) -> None:
-        await asyncio.to_thread(shutil.rmtree, job.workspace, True)
+        # An empty workspace (steps that wrote nothing) goes with one rmdir; a tree goes in a thread.
+        try:
+            job.workspace.rmdir()
+        except FileNotFoundError:
+            return
+        except OSError:
+            await asyncio.to_thread(shutil.rmtree, job.workspace, True)
 
     async def recover(self, job_id: str) -> int:
         """Kill every process that carries this job's id in its environment (left by a crashed agent)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -110,6 +111,9 @@ MIGRATIONS: list[str] = [
 
 LEVELS = {"debug": 10, "info": 20, "warn": 30, "error": 40}
 
+RUNNER_CACHE_TTL = 2.0
+RUNNER_CACHE_SIZE = 10_000
+
 OPEN_STATUSES = ("queued", "running")
 
 
@@ -169,6 +173,11 @@ _RUNNER_COLUMNS: dict[str, Callable[[Any], Any]] = {
 class SqliteStore:
     def __init__(self, path: Path) -> None:
         self.db = Database(path, MIGRATIONS)
+        # Runners by id, read far more often (every submit, every delivery) than written. Every write to a
+        # runner row goes through this class and forgets the entry; the TTL bounds what another coordinator
+        # sharing a replicated database could change unseen.
+        self._runners: dict[str, tuple[float, RunnerRecord]] = {}
+        self._generation = 0
 
     async def open(self) -> None:
         await self.db.open()
@@ -206,11 +215,27 @@ class SqliteStore:
         await self.db.run(op)
 
     async def get_runner(self, runner_id: str) -> RunnerRecord | None:
+        cached = self._runners.get(runner_id)
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
+        generation = self._generation
+
         def op(conn: sqlite3.Connection) -> RunnerRecord | None:
             row = conn.execute("SELECT * FROM runners WHERE id = ?", (runner_id,)).fetchone()
             return _runner(row) if row else None
 
-        return await self.db.read(op)
+        runner = await self.db.read(op)
+        # Cache only if no runner was written while the read was in flight (it could predate that write).
+        if runner is not None and generation == self._generation:
+            if len(self._runners) > RUNNER_CACHE_SIZE:
+                self._runners.clear()
+            self._runners[runner_id] = (time.monotonic() + RUNNER_CACHE_TTL, runner)
+        return runner
+
+    def _forget(self, *runner_ids: str) -> None:
+        self._generation += 1
+        for runner_id in runner_ids:
+            self._runners.pop(runner_id, None)
 
     async def token_owner(self, token: str) -> str | None:
         """The id of the runner ``token`` belongs to, if any."""
@@ -262,13 +287,17 @@ class SqliteStore:
             row = conn.execute("SELECT * FROM runners WHERE id = ?", (runner_id,)).fetchone()
             return _runner(row) if row else None
 
-        return await self.db.run(op)
+        result = await self.db.run(op)
+        self._forget(runner_id)  # after the write: see get_runner
+        return result
 
     async def delete_runner(self, runner_id: str) -> bool:
         def op(conn: sqlite3.Connection) -> bool:
             return conn.execute("DELETE FROM runners WHERE id = ?", (runner_id,)).rowcount > 0
 
-        return await self.db.run(op)
+        result = await self.db.run(op)
+        self._forget(runner_id)  # after the write: see get_runner
+        return result
 
     async def record_heartbeat(
         self, runner_id: str, load: CurrentLoad, status: str, interval: float, now: float
@@ -284,7 +313,9 @@ class SqliteStore:
             )
             return StatusChange("runner", runner_id, runner_id, row["status"], status, now)
 
-        return await self.db.run(op)
+        result = await self.db.run(op)
+        self._forget(runner_id)  # after the write: see get_runner
+        return result
 
     async def mark_stale(self, now: float, multiplier: float) -> list[StatusChange]:
         def op(conn: sqlite3.Connection) -> list[StatusChange]:
@@ -298,7 +329,9 @@ class SqliteStore:
                 changes.append(StatusChange("runner", row["id"], row["id"], row["status"], "inactive", now))
             return changes
 
-        return await self.db.run(op)
+        changes = await self.db.run(op)
+        self._forget(*(change.runner_id for change in changes))
+        return changes
 
     async def statistics(self, runner_id: str) -> Statistics:
         def op(conn: sqlite3.Connection) -> Statistics:

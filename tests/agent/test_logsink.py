@@ -376,3 +376,19 @@ async def test_output_waits_for_the_writer_once_it_is_far_behind(store: AgentSto
     await outbox.flush()
     await asyncio.wait_for(waiter, timeout=5)
     assert outbox.dropped_entries == 0
+
+
+async def test_shedding_under_memory_pressure_keeps_step_events(store: AgentStore) -> None:
+    outbox = Outbox(store, lambda: IDENTITY, memory_max_bytes=64 * 1024)
+    step = {"kind": "step", "job_id": "job_1", "attempt": 1, "index": 0, "name": "s", "status": "running"}
+    for i in range(5000):
+        outbox.line(log_body(i))
+        if i == 10:
+            outbox.emit_nowait(step)  # queued early: the oldest entries are the first to be shed
+    assert outbox.dropped_entries > 0
+    await outbox.flush()
+    rows = await outbox_rows(store)
+    steps = [r for r in rows if r["kind"] == "step"]
+    assert len(steps) == 1 and steps[0]["status"] == "running"
+    kept = [int(r["message"]) for r in rows if r["kind"] == "log" and r.get("stream") != "system"]
+    assert 10 not in kept  # the lines around it were shed, the event was not
