@@ -12,7 +12,14 @@ import aiohttp
 
 from coordinator.config import Agents
 from coordinator.store.base import RunnerRecord
-from shared.errors import ApiError, RunnerUnavailable, from_envelope
+from shared.errors import (
+    ApiError,
+    AuthenticationRequired,
+    AuthorizationFailed,
+    RunnerNotFound,
+    RunnerUnavailable,
+    from_envelope,
+)
 from shared.http import dumps
 
 
@@ -39,6 +46,22 @@ class AgentClient:
         host = f"[{runner.host}]" if ":" in runner.host and not runner.host.startswith("[") else runner.host
         return f"http://{host}:{runner.port}/api/runners/{runner.id}"
 
+    @staticmethod
+    def _translate(runner: RunnerRecord, error: ApiError) -> ApiError:
+        """An agent that refuses the runner's own token, or does not know the runner, is not this runner's
+        agent (another one took its host and port, or its identity was reset): for the caller the runner is
+        unavailable; its credentials were fine."""
+        if isinstance(error, AuthenticationRequired | AuthorizationFailed | RunnerNotFound):
+            return RunnerUnavailable(
+                f"The agent at {runner.host}:{runner.port} does not serve runner '{runner.id}' "
+                f"(it answered {error.code}: {error.message})",
+                runner_id=runner.id,
+                host=runner.host,
+                port=runner.port,
+                agent_error=error.code,
+            )
+        return error
+
     async def call(
         self, runner: RunnerRecord, method: str, path: str = "", body: Any = None, timeout: float | None = None
     ) -> Any:
@@ -60,7 +83,7 @@ class AgentClient:
             ) as response:
                 data = await response.json(content_type=None)
                 if response.status >= 400:
-                    raise from_envelope(response.status, data)
+                    raise self._translate(runner, from_envelope(response.status, data))
                 return data
         except ApiError:
             raise
