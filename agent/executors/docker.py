@@ -3,7 +3,9 @@
 ``setup`` starts the container from ``docker.image`` with a shell that only sleeps as its PID 1, the attempt's
 workspace (a directory on this host, as for the native executor) bind-mounted at ``/workspace``, the labels
 ``rustci.job_id``, ``rustci.attempt`` and ``rustci.runner_id``, and ``docker_config`` and ``resource_limits``
-applied. ``cleanup`` removes it; ``recover`` removes every container labelled with a job's id.
+applied. ``cleanup`` removes it with the workspace, so ``cleanup_policy`` keeps both or neither: a kept
+container (idle, its steps' processes ended) is there to ``docker exec`` into after a failure, until removed by
+hand or by ``recover``, which removes every container labelled with a job's id.
 
 Ending a step: one container holds one attempt and its steps run one at a time, so every process in it except
 PID 1 belongs to the running step, whatever session or process group it moved to. ``kill -1`` signals exactly
@@ -178,6 +180,8 @@ class DockerExecutor:
             pump.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await pump
+        if not pump.cancelled() and pump.exception() is not None:  # retrieved: the step ends as cancelled anyway
+            log.warning("step output failed while the step was cancelled", error=repr(pump.exception()))
 
     async def _signal_all(self, container: str, signal: str) -> None:
         def send(client: docker.DockerClient) -> None:
@@ -282,7 +286,8 @@ class _Handoff:
             # The stream's HTTP response holds the socket too: without this its file descriptor stays open.
             response = getattr(stream, "_response", None)
             if response is not None:
-                response.close()
+                with contextlib.suppress(OSError):
+                    response.close()
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
             self._loop.call_soon_threadsafe(self._queue.put_nowait, None)
 
@@ -314,10 +319,7 @@ def _shut(stream: Any) -> None:
 def _start_container(
     client: docker.DockerClient, spec: dict[str, Any], pull_policy: str, abandoned: threading.Event
 ) -> None:
-    image = spec["image"]
-    _ensure_image(client, image, pull_policy)
-    # Earlier attempts of the job (kept by the cleanup policy) or a crashed agent's: one container per job.
-    _remove(client, _labelled(client, {LABEL_JOB: spec["labels"][LABEL_JOB]}))
+    _ensure_image(client, spec["image"], pull_policy)
     if abandoned.is_set():
         return
     container = client.containers.create(**spec)
