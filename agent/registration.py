@@ -36,6 +36,8 @@ async def announcement(config: AgentConfig) -> dict[str, Any]:
         **config.runner.metadata,
     }
     capabilities = list(config.runner.capabilities)
+    if config.runner.type in ("docker", "kubernetes") and config.runner.type not in capabilities:
+        capabilities.append(config.runner.type)  # what the runner can do follows from its executor
     if config.runner.type == "docker" or "docker" in capabilities:
         version = await asyncio.to_thread(sysinfo.docker_version)
         if version:

@@ -76,6 +76,7 @@ class JobRunner:
             attempt=attempt,
             workspace=self.config.workspaces / job.job_id / str(attempt),
             environment=self._job_environment(job, attempt),
+            image=spec.image,
         )
         logs = self._open_log(job, attempt)
         await self.outbox.transition(

@@ -156,6 +156,9 @@ class JobSubmission(Request):
     name: str = Field(min_length=1, max_length=256, pattern=NAME_PATTERN)
     steps: list[StepSpec] = Field(min_length=1, max_length=200)
     environment: dict[EnvName, str] = Field(default_factory=dict)
+    image: str | None = Field(default=None, max_length=512, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$")
+    """Container image for the job's steps (Docker and Kubernetes runners; default: the runner's image).
+    Native runners run steps on the host and ignore it."""
     timeout: int | None = Field(default=None, gt=0, le=MAX_TIMEOUT)
     retry_count: int = Field(default=0, ge=0, le=10)
     masked: list[EnvName] = Field(default_factory=list, max_length=100)

@@ -43,6 +43,7 @@ class JobContext:
     attempt: int
     workspace: Path
     environment: dict[str, str] = field(default_factory=dict)
+    image: str | None = None  # the job's own image, for executors that run containers
 
 
 @dataclass

@@ -199,7 +199,7 @@ class DockerExecutor:
         """Keyword arguments of ``containers.create`` for the job's attempt."""
         docker_config, limits = self.config.docker_config, self.config.resource_limits
         spec: dict[str, Any] = {
-            "image": self.config.docker.image,
+            "image": job.image or self.config.docker.image,
             "name": _container_name(job),
             "entrypoint": KEEPALIVE,
             "command": [],

@@ -42,7 +42,7 @@ JOB, RUNNER = "rustci.job_id", "rustci.runner_id"
 def docker_settings(shared: Path, **overrides: Any) -> dict[str, Any]:
     """Agent settings for a docker runner on the test image; ``shared`` is mounted at the same path."""
     settings: dict[str, Any] = {
-        "runner": {"type": "docker", "capabilities": ["shell", "docker"]},
+        "runner": {"type": "docker", "capabilities": ["shell"]},
         "docker": {"image": docker_support.IMAGE, "pull_policy": "never"},
         "docker_config": {"network_mode": "none", "volumes": [f"{shared}:{shared}:rw"]},
         "kill_grace_period": 1,
@@ -336,3 +336,20 @@ async def test_a_missing_image_with_pull_policy_never_fails_the_job_naming_it(do
     assert job["status"] == "failed", job
     assert "image rustci-absent:none is not on this Docker host" in job["reason"], job
     assert await containers_of(job_id) == []
+
+
+async def test_a_job_runs_in_its_own_image_over_the_runners_default(docker_runners: DockerRunners) -> None:
+    # The runner's default image is absent: the job can only succeed in the image it names.
+    agent, runner_id = await docker_runners.start(docker={"image": "rustci-absent:none", "pull_policy": "never"})
+    api = docker_runners.api
+    status, body = await api.post(
+        f"/runners/{runner_id}/jobs",
+        {"name": "own-image", "image": docker_support.IMAGE, "steps": [{"name": "s", "run": "true"}]},
+    )
+    assert status == 201, body
+    job = await api.wait_job(runner_id, body["job_id"], TERMINAL)
+    assert job["status"] == "completed", job
+    # A docker runner advertises the capability its executor gives it.
+    _, runner = await api.get(f"/runners/{runner_id}")
+    assert "docker" in runner["capabilities"]
+    assert agent.config.runner.type == "docker"
