@@ -92,7 +92,8 @@ async def test_without_history_a_waiting_job_has_no_estimate(
     second, _, _ = await _submit(coordinator, runner_id, "true")
     assert second["estimated_start_time"] is None, second
 
-    for job in (first, second):
+    # The queued job first: cancelling the running one would free its slot and let it finish.
+    for job in (second, first):
         status, body = await coordinator.api.post(f"/runners/{runner_id}/jobs/{job['job_id']}/cancel")
         assert status == 200, body
     await marker.assert_gone()
