@@ -117,10 +117,12 @@ async def update_runner(request: web.Request) -> web.Response:
     if body.resources is not None:
         changes["resources"] = body.resources.model_dump(exclude_none=True)
     now = time.time()
+    announced = sorted(set(changes) - {"heartbeat_interval"})
+    principal = request.get(keys.PRINCIPAL)
+    if principal is not None and principal.role == "runner":
+        changes["last_seen"] = now  # the runner's own agent re-announcing itself is a sign of life
     await request.app[keys.STORE].update_runner(runner.id, changes, now)
-    request.app[keys.HUB].publish(
-        events.runner_event("runner_updated", runner.id, now, fields=sorted(set(changes) - {"heartbeat_interval"}))
-    )
+    request.app[keys.HUB].publish(events.runner_event("runner_updated", runner.id, now, fields=announced))
     return json_response(Ok(message="Runner updated successfully"))
 
 
