@@ -65,7 +65,13 @@ class RunnerControl:
         agent = self._agent
         await agent.store.set_setting(STOPPED_KEY, "0")
         await agent.send_heartbeat()  # let the coordinator show "starting" while it lasts
-        await agent.check_executor()
+        problem = await agent.check_executor()
+        if problem:
+            # The executor watch moves it to running once the executor can run jobs again.
+            agent.state = "error"
+            await agent.send_heartbeat()
+            log.error("runner started, but its executor cannot run jobs yet", error=problem)
+            return
         agent.state = "running"
         agent.supervisor.resume_accepting()
         await agent.send_heartbeat()

@@ -23,7 +23,7 @@ from agent.api import make_api
 from agent.config import AgentConfig
 from agent.control import RunnerControl
 from agent.coordinator_client import CoordinatorClient, CoordinatorUnreachable
-from agent.executors.base import Executor
+from agent.executors.base import Executor, ExecutorError
 from agent.executors.native import NativeExecutor
 from agent.identity import Identity
 from agent.metrics import AgentMetrics
@@ -158,11 +158,37 @@ class Agent:
         self.executor = make_executor(self.config)
         self.job_runner.executor = self.metrics.instrument(self.executor)
 
-    async def check_executor(self) -> None:
-        """Hook for executors with a daemon to reach (Docker, Kubernetes); native has nothing to check."""
+    async def check_executor(self) -> str | None:
+        """Why the executor cannot run jobs now (its engine is unreachable), or None when it can.
+
+        Executors with a daemon to reach (Docker, Kubernetes) have a ``check``; native has nothing to check."""
         check = getattr(self.executor, "check", None)
-        if check is not None:
+        if check is None:
+            return None
+        try:
             await check()
+        except ExecutorError as e:
+            return str(e)
+        return None
+
+    async def _watch_executor(self) -> None:
+        """Put the runner in ``error`` while its executor cannot run jobs, and back when it can.
+
+        In ``error`` the agent takes no jobs: the coordinator holds them, and they run once the executor is
+        back, instead of failing one after another. A runner stopped through the API stays stopped."""
+        while True:
+            problem = await self.check_executor()
+            if problem and self.state == "running":
+                self.state = "error"
+                self.supervisor.accepting = False
+                log.error("executor cannot run jobs; taking none until it can", error=problem)
+                await self.send_heartbeat()
+            elif not problem and self.state == "error":
+                self.state = "running"
+                self.supervisor.resume_accepting()
+                log.info("executor can run jobs again")
+                await self.send_heartbeat()
+            await asyncio.sleep(self.config.heartbeat_interval)
 
     # --- lifecycle -----------------------------------------------------------------------------------------
 
@@ -205,12 +231,17 @@ class Agent:
             log.info("runner was stopped before the agent restarted; it stays stopped until started")
             self.state = "stopped"
             self.supervisor.accepting = False
+        elif problem := await self.check_executor():
+            log.error("executor cannot run jobs; taking none until it can", error=problem)
+            self.state = "error"
+            self.supervisor.accepting = False
         else:
             self.state = "running"
         self._tasks.spawn(self.outbox.run_writer(), "log-writer")
         self._tasks.spawn(self.shipper.run(), "shipper")
         self._tasks.spawn(self.supervisor.run(), "supervisor")
         self._tasks.spawn(self._heartbeats(), "heartbeat")
+        self._tasks.spawn(self._watch_executor(), "executor-watch")
         self._tasks.spawn(
             self.metrics.sample_forever(
                 self.config.metrics_interval, self.config.state_dir, lambda: self.supervisor.active_jobs

@@ -27,7 +27,7 @@ from shared.timeutil import from_epoch
 log = structlog.get_logger(__name__)
 
 BATCH = 100
-HELD_STATUSES = ("stopped", "restarting")
+HELD_STATUSES = ("stopped", "restarting", "error")
 
 
 class Dispatcher:

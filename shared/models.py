@@ -23,7 +23,7 @@ JobStatus = Literal["queued", "running", "completed", "failed", "timed_out", "ca
 JOB_STATUSES: tuple[str, ...] = ("queued", "running", "completed", "failed", "timed_out", "cancelled")
 TERMINAL_JOB_STATUSES: frozenset[str] = frozenset({"completed", "failed", "timed_out", "cancelled"})
 StepStatus = Literal["pending", "running", "completed", "failed", "timed_out", "cancelled", "skipped"]
-AgentState = Literal["running", "stopped", "starting", "restarting"]
+AgentState = Literal["running", "stopped", "starting", "restarting", "error"]
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9 ._:/@+-]*$"
 MAX_LIST_LIMIT = 1000

@@ -17,7 +17,13 @@ from shared.errors import RunnerNotFound
 from shared.http import json_response, parse_body, validation_error
 from shared.models import TERMINAL_JOB_STATUSES, EventAck, EventBatch, Heartbeat, HeartbeatAck
 
-_STATE_TO_STATUS = {"running": "active", "stopped": "stopped", "starting": "starting", "restarting": "restarting"}
+_STATE_TO_STATUS = {
+    "running": "active",
+    "stopped": "stopped",
+    "starting": "starting",
+    "restarting": "restarting",
+    "error": "error",  # its executor cannot run jobs (e.g. the Docker engine is down); jobs are held
+}
 
 
 async def heartbeat(request: web.Request) -> web.Response:

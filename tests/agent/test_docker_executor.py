@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
@@ -313,20 +314,43 @@ def dead_docker_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     return host
 
 
-async def test_an_unreachable_engine_fails_the_check_and_the_job_with_a_clear_reason(
-    dead_docker_host: str, coordinator: CoordinatorHandle, start_agent: StartAgent, tmp_path: Path
-) -> None:
+async def test_an_unreachable_engine_fails_the_check_with_a_clear_reason(dead_docker_host: str, tmp_path: Path) -> None:
     executor = DockerExecutor(AgentConfig.model_validate(docker_settings(tmp_path)))
     async with asyncio.timeout(10):
         with pytest.raises(ExecutorError, match=f"Docker engine not reachable at {dead_docker_host}"):
             await executor.check()
 
+
+async def test_while_the_engine_is_unreachable_the_runner_is_in_error_and_holds_jobs_until_it_is_back(
+    coordinator: CoordinatorHandle, start_agent: StartAgent, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    docker_support.require_docker()
+    await asyncio.to_thread(docker_support.busybox_image)
+    engine = os.environ.get("DOCKER_HOST")
+    dead = tmp_path / "docker.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(str(dead))
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{dead}")
+    api = coordinator.api
     agent = await start_agent(**docker_settings(tmp_path))
     runner_id = agent.identity().runner_id
-    job_id = await submit_job(coordinator.api, runner_id, "no-engine", "true")
-    job = await coordinator.api.wait_job(runner_id, job_id, TERMINAL, timeout=10)
-    assert job["status"] == "failed", job
-    assert f"Docker engine not reachable at {dead_docker_host}" in job["reason"], job
+    try:
+        await api.wait_runner_status(runner_id, "error", timeout=10)
+        job_id = await submit_job(api, runner_id, "waits-for-the-engine", "echo ran")
+        # Held on the coordinator, not failed: the agent takes nothing while its executor cannot run it.
+        assert (await api.job(runner_id, job_id))["status"] == "queued"
+        assert agent.supervisor.queued_jobs == agent.supervisor.active_jobs == 0
+
+        if engine is None:  # the engine comes back
+            monkeypatch.delenv("DOCKER_HOST")
+        else:
+            monkeypatch.setenv("DOCKER_HOST", engine)
+        await api.wait_runner_status(runner_id, "active", timeout=10)
+        job = await api.wait_job(runner_id, job_id, TERMINAL, timeout=30)
+        assert job["status"] == "completed", job
+    finally:
+        await agent.stop(timeout=2)
+        await asyncio.to_thread(docker_support.remove_containers, **{RUNNER: runner_id})
 
 
 async def test_a_missing_image_with_pull_policy_never_fails_the_job_naming_it(docker_runners: DockerRunners) -> None:
