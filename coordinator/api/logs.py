@@ -12,7 +12,7 @@ from aiohttp import web
 from coordinator import keys, sse
 from coordinator.api.runners import get_runner_or_404
 from coordinator.store.logs import LogFilter, LogStore
-from coordinator.store.sqlite import LEVELS
+from coordinator.store.schema import LEVELS
 from shared.errors import InvalidRequest
 from shared.http import json_response, query_bool, query_choice, query_int, query_time
 from shared.models import LOG_LEVELS

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from coordinator.store.sqlite import LEVELS
+from coordinator.store.schema import LEVELS
 from shared.models import AgentEvent, LogEvent
 from shared.sqlite import Database
 from shared.timeutil import from_epoch, isoformat

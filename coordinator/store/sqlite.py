@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from coordinator.store import metrics as metrics_schema
+from coordinator.store import events
 from coordinator.store.base import (
     AttemptRecord,
     JobRecord,
@@ -20,96 +20,9 @@ from coordinator.store.base import (
     StatusChange,
     StepRecord,
 )
-from shared.models import TERMINAL_JOB_STATUSES, AgentEvent, CurrentLoad, JobEvent, JobSubmission, StepEvent
+from coordinator.store.schema import MIGRATIONS
+from shared.models import AgentEvent, CurrentLoad, JobSubmission
 from shared.sqlite import Database
-
-MIGRATIONS: list[str] = [
-    # 1: registry and job index
-    """
-    CREATE TABLE runners (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT,
-        id TEXT NOT NULL UNIQUE,
-        name TEXT NOT NULL,
-        type TEXT NOT NULL,
-        status TEXT NOT NULL,
-        host TEXT NOT NULL,
-        port INTEGER NOT NULL,
-        capabilities TEXT NOT NULL,
-        tags TEXT NOT NULL,
-        metadata TEXT NOT NULL,
-        resources TEXT NOT NULL,
-        token TEXT NOT NULL,
-        registered_at REAL NOT NULL,
-        last_seen REAL NOT NULL,
-        last_heartbeat REAL,
-        heartbeat_interval REAL NOT NULL,
-        load TEXT NOT NULL,
-        updated_at REAL,
-        event_seq INTEGER NOT NULL DEFAULT 0
-    );
-    CREATE INDEX runners_status ON runners(status, type);
-    CREATE TABLE jobs (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT,
-        id TEXT NOT NULL UNIQUE,
-        runner_id TEXT NOT NULL REFERENCES runners(id) ON DELETE CASCADE,
-        name TEXT NOT NULL,
-        spec TEXT NOT NULL,
-        status TEXT NOT NULL,
-        attempt INTEGER NOT NULL DEFAULT 0,
-        exit_code INTEGER,
-        reason TEXT,
-        created_at REAL NOT NULL,
-        started_at REAL,
-        completed_at REAL,
-        delivered INTEGER NOT NULL DEFAULT 0
-    );
-    CREATE INDEX jobs_runner ON jobs(runner_id, seq);
-    CREATE INDEX jobs_runner_status ON jobs(runner_id, status);
-    CREATE INDEX jobs_undelivered ON jobs(runner_id, delivered, seq) WHERE delivered = 0;
-    CREATE TABLE job_attempts (
-        job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
-        attempt INTEGER NOT NULL,
-        status TEXT NOT NULL,
-        exit_code INTEGER,
-        reason TEXT,
-        started_at REAL,
-        completed_at REAL,
-        PRIMARY KEY (job_id, attempt)
-    );
-    CREATE TABLE job_steps (
-        job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
-        attempt INTEGER NOT NULL,
-        idx INTEGER NOT NULL,
-        name TEXT NOT NULL,
-        status TEXT NOT NULL,
-        exit_code INTEGER,
-        started_at REAL,
-        completed_at REAL,
-        PRIMARY KEY (job_id, attempt, idx)
-    )
-    """,
-    # 2: log entries, by the runner's outbox sequence
-    """
-    CREATE TABLE log_entries (
-        runner_id TEXT NOT NULL REFERENCES runners(id) ON DELETE CASCADE,
-        seq INTEGER NOT NULL,
-        ts REAL NOT NULL,
-        level INTEGER NOT NULL,
-        message TEXT NOT NULL,
-        job_id TEXT,
-        step TEXT,
-        stream TEXT NOT NULL,
-        attempt INTEGER,
-        PRIMARY KEY (runner_id, seq)
-    ) WITHOUT ROWID;
-    CREATE INDEX log_entries_job ON log_entries(job_id, seq);
-    CREATE INDEX log_entries_time ON log_entries(runner_id, ts)
-    """,
-    # 3: metric history: raw load samples and their rollups (see coordinator/store/metrics.py)
-    metrics_schema.MIGRATION,
-]
-
-LEVELS = {"debug": 10, "info": 20, "warn": 30, "error": 40}
 
 RUNNER_CACHE_TTL = 2.0
 RUNNER_CACHE_SIZE = 10_000
@@ -471,115 +384,6 @@ class SqliteStore:
 
     # --- agent events --------------------------------------------------------------------------------------
 
-    async def apply_events(self, runner_id: str, events: list[AgentEvent]) -> tuple[int, list[StatusChange]] | None:
-        """Apply the events past the runner's high-water mark, in order, and advance it, atomically.
-
-        Events at or below the mark were applied before (the agent resent them because an acknowledgement was
-        lost), so resending is always safe and each event takes effect exactly once.
-        """
-
-        def op(conn: sqlite3.Connection) -> tuple[int, list[StatusChange]] | None:
-            row = conn.execute("SELECT event_seq FROM runners WHERE id = ?", (runner_id,)).fetchone()
-            if row is None:
-                return None
-            mark = int(row["event_seq"])
-            changes: list[StatusChange] = []
-            logs: list[tuple[Any, ...]] = []
-            for event in sorted(events, key=lambda e: e.seq):
-                if event.seq <= mark:
-                    continue
-                if isinstance(event, JobEvent):
-                    change = _apply_job_event(conn, runner_id, event)
-                    if change:
-                        changes.append(change)
-                elif isinstance(event, StepEvent):
-                    _apply_step_event(conn, runner_id, event)
-                else:
-                    logs.append(
-                        (
-                            runner_id,
-                            event.seq,
-                            event.at.timestamp(),
-                            LEVELS[event.level],
-                            event.message,
-                            event.job_id,
-                            event.step,
-                            event.stream,
-                            event.attempt,
-                        )
-                    )
-                mark = event.seq
-            if logs:
-                conn.executemany(
-                    "INSERT INTO log_entries (runner_id, seq, ts, level, message, job_id, step, stream, attempt)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    logs,
-                )
-            conn.execute("UPDATE runners SET event_seq = ? WHERE id = ?", (mark, runner_id))
-            return mark, changes
-
-        return await self.db.run(op)
-
-
-def _apply_job_event(conn: sqlite3.Connection, runner_id: str, event: JobEvent) -> StatusChange | None:
-    at = event.at.timestamp()
-    row = conn.execute(
-        "SELECT status, started_at FROM jobs WHERE id = ? AND runner_id = ?", (event.job_id, runner_id)
-    ).fetchone()
-    if row is None:
-        return None
-    terminal = event.status in TERMINAL_JOB_STATUSES and event.final
-    # The attempt's own record.
-    if event.status == "running":
-        conn.execute(
-            "INSERT INTO job_attempts (job_id, attempt, status, started_at) VALUES (?, ?, 'running', ?)"
-            " ON CONFLICT (job_id, attempt) DO UPDATE SET status = 'running', started_at = excluded.started_at",
-            (event.job_id, event.attempt, at),
-        )
-    elif event.attempt > 0:
-        conn.execute(
-            "INSERT INTO job_attempts (job_id, attempt, status, exit_code, reason, completed_at)"
-            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (job_id, attempt) DO UPDATE SET status = excluded.status,"
-            " exit_code = excluded.exit_code, reason = excluded.reason, completed_at = excluded.completed_at",
-            (event.job_id, event.attempt, event.status, event.exit_code, event.reason, at),
-        )
-    old = row["status"]
-    if old in TERMINAL_JOB_STATUSES:
-        # A job ends in exactly one terminal state: the first one recorded stands.
-        return None
-    if terminal:
-        conn.execute(
-            "UPDATE jobs SET status = ?, attempt = MAX(attempt, ?), exit_code = ?, reason = ?, completed_at = ?,"
-            " delivered = 1 WHERE id = ?",
-            (event.status, event.attempt, event.exit_code, event.reason, at, event.job_id),
-        )
-    elif event.status not in TERMINAL_JOB_STATUSES:
-        conn.execute(
-            "UPDATE jobs SET status = ?, attempt = ?, started_at = COALESCE(started_at, ?), delivered = 1 WHERE id = ?",
-            (event.status, event.attempt, at if event.status == "running" else None, event.job_id),
-        )
-    else:
-        return None  # an attempt ended and another follows: the job stays running
-    if old == event.status:
-        return None
-    return StatusChange("job", event.job_id, runner_id, old, event.status, at)
-
-
-def _apply_step_event(conn: sqlite3.Connection, runner_id: str, event: StepEvent) -> None:
-    at = event.at.timestamp()
-    owned = conn.execute("SELECT 1 FROM jobs WHERE id = ? AND runner_id = ?", (event.job_id, runner_id)).fetchone()
-    if owned is None:
-        return
-    if event.status == "running":
-        conn.execute(
-            "INSERT INTO job_steps (job_id, attempt, idx, name, status, started_at) VALUES (?, ?, ?, ?, 'running', ?)"
-            " ON CONFLICT (job_id, attempt, idx) DO UPDATE SET status = 'running', started_at = excluded.started_at",
-            (event.job_id, event.attempt, event.index, event.name, at),
-        )
-    else:
-        conn.execute(
-            "INSERT INTO job_steps (job_id, attempt, idx, name, status, exit_code, completed_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (job_id, attempt, idx) DO UPDATE SET"
-            " status = excluded.status, exit_code = excluded.exit_code, completed_at = excluded.completed_at",
-            (event.job_id, event.attempt, event.index, event.name, event.status, event.exit_code, at),
-        )
+    async def apply_events(self, runner_id: str, batch: list[AgentEvent]) -> tuple[int, list[StatusChange]] | None:
+        """Exactly once and in order: see ``coordinator.store.events``."""
+        return await self.db.run(lambda conn: events.apply(conn, runner_id, batch))

@@ -1,0 +1,94 @@
+"""The coordinator's database schema: migrations in order (``PRAGMA user_version`` is how many have run)."""
+
+from __future__ import annotations
+
+from coordinator.store import metrics as metrics_schema
+
+MIGRATIONS: list[str] = [
+    # 1: registry and job index
+    """
+    CREATE TABLE runners (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        name TEXT NOT NULL,
+        type TEXT NOT NULL,
+        status TEXT NOT NULL,
+        host TEXT NOT NULL,
+        port INTEGER NOT NULL,
+        capabilities TEXT NOT NULL,
+        tags TEXT NOT NULL,
+        metadata TEXT NOT NULL,
+        resources TEXT NOT NULL,
+        token TEXT NOT NULL,
+        registered_at REAL NOT NULL,
+        last_seen REAL NOT NULL,
+        last_heartbeat REAL,
+        heartbeat_interval REAL NOT NULL,
+        load TEXT NOT NULL,
+        updated_at REAL,
+        event_seq INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX runners_status ON runners(status, type);
+    CREATE TABLE jobs (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        runner_id TEXT NOT NULL REFERENCES runners(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        spec TEXT NOT NULL,
+        status TEXT NOT NULL,
+        attempt INTEGER NOT NULL DEFAULT 0,
+        exit_code INTEGER,
+        reason TEXT,
+        created_at REAL NOT NULL,
+        started_at REAL,
+        completed_at REAL,
+        delivered INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX jobs_runner ON jobs(runner_id, seq);
+    CREATE INDEX jobs_runner_status ON jobs(runner_id, status);
+    CREATE INDEX jobs_undelivered ON jobs(runner_id, delivered, seq) WHERE delivered = 0;
+    CREATE TABLE job_attempts (
+        job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+        attempt INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        exit_code INTEGER,
+        reason TEXT,
+        started_at REAL,
+        completed_at REAL,
+        PRIMARY KEY (job_id, attempt)
+    );
+    CREATE TABLE job_steps (
+        job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+        attempt INTEGER NOT NULL,
+        idx INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        status TEXT NOT NULL,
+        exit_code INTEGER,
+        started_at REAL,
+        completed_at REAL,
+        PRIMARY KEY (job_id, attempt, idx)
+    )
+    """,
+    # 2: log entries, by the runner's outbox sequence
+    """
+    CREATE TABLE log_entries (
+        runner_id TEXT NOT NULL REFERENCES runners(id) ON DELETE CASCADE,
+        seq INTEGER NOT NULL,
+        ts REAL NOT NULL,
+        level INTEGER NOT NULL,
+        message TEXT NOT NULL,
+        job_id TEXT,
+        step TEXT,
+        stream TEXT NOT NULL,
+        attempt INTEGER,
+        PRIMARY KEY (runner_id, seq)
+    ) WITHOUT ROWID;
+    CREATE INDEX log_entries_job ON log_entries(job_id, seq);
+    CREATE INDEX log_entries_time ON log_entries(runner_id, ts)
+    """,
+    # 3: metric history: raw load samples and their rollups (see coordinator/store/metrics.py)
+    metrics_schema.MIGRATION,
+]
+
+LEVELS = {"debug": 10, "info": 20, "warn": 30, "error": 40}
+"""Log levels as stored (an integer, so ``level >= ?`` filters by minimum level)."""
