@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,9 +102,10 @@ def coordinator_config(state_dir: Path, **overrides: Any) -> CoordinatorConfig:
     return CoordinatorConfig.model_validate(data)
 
 
-@pytest.fixture
-async def coordinator(tmp_path: Path) -> AsyncIterator[CoordinatorHandle]:
-    handle = CoordinatorHandle(coordinator_config(tmp_path / "coordinator"))
+@contextlib.asynccontextmanager
+async def running_coordinator(config: CoordinatorConfig) -> AsyncIterator[CoordinatorHandle]:
+    """An in-process coordinator on ``config``, stopped with its clients however the block ends."""
+    handle = CoordinatorHandle(config)
     await handle.start()
     try:
         yield handle
@@ -111,6 +113,12 @@ async def coordinator(tmp_path: Path) -> AsyncIterator[CoordinatorHandle]:
         for api in handle.apis:
             await api.close()
         await handle.stop()
+
+
+@pytest.fixture
+async def coordinator(tmp_path: Path) -> AsyncIterator[CoordinatorHandle]:
+    async with running_coordinator(coordinator_config(tmp_path / "coordinator")) as handle:
+        yield handle
 
 
 def agent_config(state_dir: Path, coordinator_url: str, **overrides: Any) -> AgentConfig:

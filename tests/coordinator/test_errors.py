@@ -14,7 +14,14 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import API_KEY, REGISTRATION_KEY, CoordinatorHandle, StartAgent, coordinator_config
+from tests.conftest import (
+    API_KEY,
+    REGISTRATION_KEY,
+    CoordinatorHandle,
+    StartAgent,
+    coordinator_config,
+    running_coordinator,
+)
 from tests.helpers import assert_error, free_port, register_runner, registration, wait_for
 
 JOB = {"name": "j", "steps": [{"name": "s", "run": "true"}]}
@@ -356,17 +363,12 @@ AGENT_TIMEOUT = 0.5
 @pytest.fixture
 async def impatient_coordinator(tmp_path: Path) -> AsyncIterator[CoordinatorHandle]:
     """A coordinator that gives agents ``AGENT_TIMEOUT`` seconds to answer."""
-    config = coordinator_config(
-        tmp_path / "impatient", agents={"request_timeout": AGENT_TIMEOUT, "connect_timeout": AGENT_TIMEOUT / 2}
-    )
-    handle = CoordinatorHandle(config)
-    await handle.start()
-    try:
+    async with running_coordinator(
+        coordinator_config(
+            tmp_path / "impatient", agents={"request_timeout": AGENT_TIMEOUT, "connect_timeout": AGENT_TIMEOUT / 2}
+        )
+    ) as handle:
         yield handle
-    finally:
-        for api in handle.apis:
-            await api.close()
-        await handle.stop()
 
 
 @dataclass

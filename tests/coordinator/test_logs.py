@@ -19,7 +19,7 @@ import pytest
 
 from coordinator import keys
 from shared.timeutil import from_epoch, isoformat
-from tests.conftest import CoordinatorHandle, coordinator_config
+from tests.conftest import CoordinatorHandle, coordinator_config, running_coordinator
 from tests.helpers import Api, wait_for
 
 KEEPALIVE = 0.1
@@ -29,17 +29,12 @@ T0 = 1_700_000_000.0  # entry i is stamped T0 + i seconds
 
 @pytest.fixture
 async def coord(tmp_path: Path) -> AsyncIterator[CoordinatorHandle]:
-    config = coordinator_config(
-        tmp_path / "coordinator", log_stream={"keepalive_interval": KEEPALIVE, "queue_limit": QUEUE_LIMIT}
-    )
-    handle = CoordinatorHandle(config)
-    await handle.start()
-    try:
+    async with running_coordinator(
+        coordinator_config(
+            tmp_path / "coordinator", log_stream={"keepalive_interval": KEEPALIVE, "queue_limit": QUEUE_LIMIT}
+        )
+    ) as handle:
         yield handle
-    finally:
-        for api in handle.apis:
-            await api.close()
-        await handle.stop()
 
 
 @dataclass

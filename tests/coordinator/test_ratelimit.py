@@ -12,7 +12,7 @@ import pytest
 
 from coordinator.config import RateLimits
 from coordinator.ratelimit import RateLimiter, Rule
-from tests.conftest import API_KEY, CoordinatorHandle, coordinator_config
+from tests.conftest import API_KEY, CoordinatorHandle, coordinator_config, running_coordinator
 from tests.helpers import registration
 
 LIMITS = {
@@ -27,14 +27,8 @@ JOB = {"name": "j", "steps": [{"name": "s", "run": "true"}]}
 
 @pytest.fixture
 async def limited(tmp_path: Path) -> AsyncIterator[CoordinatorHandle]:
-    handle = CoordinatorHandle(coordinator_config(tmp_path / "c", rate_limits=LIMITS))
-    await handle.start()
-    try:
+    async with running_coordinator(coordinator_config(tmp_path / "c", rate_limits=LIMITS)) as handle:
         yield handle
-    finally:
-        for api in handle.apis:
-            await api.close()
-        await handle.stop()
 
 
 async def _raw(handle: CoordinatorHandle, method: str, path: str, body: Any = None) -> aiohttp.ClientResponse:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from agent import sysinfo
-from tests.conftest import CoordinatorHandle, StartAgent, coordinator_config
+from tests.conftest import CoordinatorHandle, StartAgent, coordinator_config, running_coordinator
 from tests.helpers import ISO_UTC_PATTERN, assert_error, free_port, register_runner, wait_for
 
 LOAD_KEYS = {"active_jobs", "queued_jobs", "cpu_usage", "memory_usage", "disk_usage"}
@@ -139,14 +139,10 @@ async def silent_agent() -> AsyncIterator[int]:
 
 @pytest.fixture
 async def impatient_coordinator(tmp_path: Path) -> AsyncIterator[CoordinatorHandle]:
-    handle = CoordinatorHandle(coordinator_config(tmp_path / "impatient", agents={"status_timeout": 0.3}))
-    await handle.start()
-    try:
+    async with running_coordinator(
+        coordinator_config(tmp_path / "impatient", agents={"status_timeout": 0.3})
+    ) as handle:
         yield handle
-    finally:
-        for api in handle.apis:
-            await api.close()
-        await handle.stop()
 
 
 async def test_an_agent_that_hangs_costs_the_status_timeout_not_more(

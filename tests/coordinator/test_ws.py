@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 
 from coordinator import keys
-from tests.conftest import API_KEY, CoordinatorHandle, StartAgent, coordinator_config
+from tests.conftest import API_KEY, CoordinatorHandle, StartAgent, coordinator_config, running_coordinator
 from tests.helpers import ISO_UTC_PATTERN, assert_error, free_port, register_runner, wait_for
 
 SPEC_STATUS_CHANGE_KEYS = {"type", "runner_id", "old_status", "new_status", "timestamp"}
@@ -168,14 +168,10 @@ async def test_a_client_gets_only_the_runner_and_event_types_it_asked_for(coordi
 
 @pytest.fixture
 async def small_queue_coordinator(tmp_path: Path) -> AsyncIterator[CoordinatorHandle]:
-    handle = CoordinatorHandle(coordinator_config(tmp_path / "small-queue", websocket={"queue_limit": 32}))
-    await handle.start()
-    try:
+    async with running_coordinator(
+        coordinator_config(tmp_path / "small-queue", websocket={"queue_limit": 32})
+    ) as handle:
         yield handle
-    finally:
-        for api in handle.apis:
-            await api.close()
-        await handle.stop()
 
 
 async def test_a_client_that_never_reads_is_closed_with_1008_and_the_others_keep_up(

@@ -15,7 +15,7 @@ import pytest
 
 from rustci import JobWaitTimeout, RustCIClient
 from shared import errors
-from tests.conftest import API_KEY, CoordinatorHandle, StartAgent, coordinator_config
+from tests.conftest import API_KEY, CoordinatorHandle, StartAgent, coordinator_config, running_coordinator
 from tests.helpers import free_port, registration
 
 T = TypeVar("T")
@@ -270,16 +270,11 @@ async def test_bearer_tokens_and_their_roles(client: RustCIClient, coordinator: 
 
 
 async def test_rate_limits_raise_their_typed_error(tmp_path: Path) -> None:
-    limited = CoordinatorHandle(
-        coordinator_config(tmp_path / "limited", rate_limits={"enabled": True, "registration_per_minute": 1})
-    )
-    await limited.start()
-    try:
+    config = coordinator_config(tmp_path / "limited", rate_limits={"enabled": True, "registration_per_minute": 1})
+    async with running_coordinator(config) as limited:
         with RustCIClient(limited.url, api_key=API_KEY) as sdk:
             # Three at once: at least two share a one-minute window, so one of them is over the limit.
             with pytest.raises(errors.RateLimitExceeded) as limit:
                 for _ in range(3):
                     await call(sdk.register_runner, registration(port=free_port()))
         assert limit.value.status == 429
-    finally:
-        await limited.stop()
