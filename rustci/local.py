@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
 import requests
+from pydantic import BaseModel
 
 from agent import config as agent_config
 from coordinator import config as coordinator_config
@@ -36,6 +37,7 @@ from shared.errors import ApiError
 from shared.timeutil import parse_iso
 
 T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 # Variables both daemons read with different meanings: each child gets its own value or none.
@@ -89,6 +91,15 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _settings(model: type[M], file_name: str, overrides: Mapping[str, str], env: Mapping[str, str]) -> M:
+    """A daemon's settings exactly as the child will read them: its example config plus ``env``."""
+    path = CONFIG_DIR / file_name
+    try:
+        return load_settings(model, path if path.is_file() else None, overrides, env)
+    except ConfigError as e:
+        raise LaunchError(str(e), exit_code=2) from e
+
+
 def _base_url(bind_host: str, port: int) -> str:
     return f"http://{_url_host(_connect_host(bind_host))}:{port}"
 
@@ -137,16 +148,9 @@ def make_plan(options: Options, environ: Mapping[str, str]) -> Plan:
         coordinator_env["RUSTCI_LISTEN_HOST"] = options.host
     if options.state_dir is not None:
         coordinator_env["RUSTCI_STATE_DIR"] = str(options.state_dir / "coordinator")
-    coordinator_file = CONFIG_DIR / "coordinator.yaml"
-    try:
-        coordinator = load_settings(
-            coordinator_config.CoordinatorConfig,
-            coordinator_file if coordinator_file.is_file() else None,
-            coordinator_config.ENV_OVERRIDES,
-            coordinator_env,
-        )
-    except ConfigError as e:
-        raise LaunchError(str(e), exit_code=2) from e
+    coordinator = _settings(
+        coordinator_config.CoordinatorConfig, "coordinator.yaml", coordinator_config.ENV_OVERRIDES, coordinator_env
+    )
     if coordinator.listen.port == 0:
         raise LaunchError("the coordinator needs a fixed port here: pass --port", exit_code=2)
 
@@ -156,24 +160,15 @@ def make_plan(options: Options, environ: Mapping[str, str]) -> Plan:
         agent_env["RUSTCI_AGENT_PORT"] = str(options.agent_port)
     if options.state_dir is not None:
         agent_env["RUSTCI_STATE_DIR"] = str(options.state_dir / "agent")
-    agent_file = CONFIG_DIR / "agent.yaml"
-    try:
-        agent = load_settings(
-            agent_config.AgentConfig,
-            agent_file if agent_file.is_file() else None,
-            agent_config.ENV_OVERRIDES,
-            agent_env,
-        )
-    except ConfigError as e:
-        raise LaunchError(str(e), exit_code=2) from e
+    agent = _settings(agent_config.AgentConfig, "agent.yaml", agent_config.ENV_OVERRIDES, agent_env)
     if agent.listen.port == 0:
         raise LaunchError("the agent needs a fixed port here: pass --agent-port", exit_code=2)
 
     return Plan(
         coordinator=coordinator,
         agent=agent,
-        coordinator_args=_daemon_args("coordinator", coordinator_file),
-        agent_args=_daemon_args("agent", agent_file),
+        coordinator_args=_daemon_args("coordinator", CONFIG_DIR / "coordinator.yaml"),
+        agent_args=_daemon_args("agent", CONFIG_DIR / "agent.yaml"),
         coordinator_env=coordinator_env,
         agent_env=agent_env,
     )
