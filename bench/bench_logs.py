@@ -34,7 +34,17 @@ if __package__ in (None, ""):  # run as a script: make ``bench`` importable
 import aiohttp
 import psutil
 
-from bench.common import BenchError, Cluster, Summary, busy_host_warning_from, cluster, host_info, ratio, summarize
+from bench.common import (
+    BenchError,
+    Cluster,
+    Summary,
+    busy_host_warning_from,
+    cluster,
+    host_info,
+    main_for,
+    ratio,
+    summarize,
+)
 
 LINE = 100  # bytes per printed line, newline included
 TERMINAL = frozenset({"completed", "failed", "timed_out", "cancelled"})
@@ -246,17 +256,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        report = asyncio.run(measure(args))
-    except BenchError as e:
-        print(f"bench_logs: {e}", file=sys.stderr)
-        return 1
-    if args.json:
-        print(json.dumps({k: v for k, v in report.items() if not k.startswith("_")}, indent=2))
-    else:
-        print(render(report))
-    return 0
+    return main_for("bench_logs", parse_args(argv), measure, render)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ from bench.common import (
     busy_host_warning_from,
     cluster,
     host_info,
+    main_for,
     ratio,
     spawn_true,
     summarize,
@@ -246,17 +247,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        report = asyncio.run(measure(args))
-    except BenchError as e:
-        print(f"bench_submit_latency: {e}", file=sys.stderr)
-        return 1
-    if args.json:
-        print(json.dumps({k: v for k, v in report.items() if not k.startswith("_")}, indent=2))
-    else:
-        print(render(report))
-    return 0
+    return main_for("bench_submit_latency", parse_args(argv), measure, render)
 
 
 if __name__ == "__main__":

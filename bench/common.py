@@ -7,8 +7,10 @@ stopped by PID: SIGTERM, a bounded wait, then SIGKILL.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
+import json
 import math
 import os
 import shutil
@@ -19,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -364,3 +366,22 @@ async def spawn_true() -> float:
     )
     await process.communicate()
     return time.perf_counter() - t0
+
+
+def main_for(
+    name: str,
+    args: argparse.Namespace,
+    measure: Callable[[argparse.Namespace], Coroutine[Any, Any, dict[str, Any]]],
+    render: Callable[[dict[str, Any]], str],
+) -> int:
+    """A benchmark script's main: measure, then print the report as a table or (``--json``) as JSON."""
+    try:
+        report = asyncio.run(measure(args))
+    except BenchError as e:
+        print(f"{name}: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps({k: v for k, v in report.items() if not k.startswith("_")}, indent=2))
+    else:
+        print(render(report))
+    return 0
