@@ -35,10 +35,6 @@ class Outcome:
     reason: str | None = None
 
 
-class JobCancelled(Exception):
-    """Raised into a job to cancel it (by a user, a stop of the runner or a shutdown)."""
-
-
 def _now() -> str:
     return isoformat(utcnow())
 

@@ -135,6 +135,3 @@ class AgentStore:
             )
 
         await self.db.run(op)
-
-    async def outbox_size(self) -> int:
-        return await self.db.read(lambda conn: int(conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]))

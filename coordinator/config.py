@@ -51,8 +51,6 @@ class Agents(Settings):
     """Bound on every call the coordinator makes to an agent; past it the call answers RUNNER_UNAVAILABLE."""
     connect_timeout: float = Field(default=2.0, gt=0, le=60)
     """Bound on opening a connection to an agent (within ``request_timeout``)."""
-    delivery_retry_interval: float = Field(default=5.0, gt=0, le=3600)
-    """How long held jobs wait before the coordinator tries an unreachable agent again (a heartbeat retries sooner)."""
     status_timeout: float = Field(default=2.0, gt=0, le=60)
     """Bound on the live status and health calls; an agent slower than this is reported from its last heartbeat."""
 

@@ -27,8 +27,6 @@ from shared.sqlite import Database
 RUNNER_CACHE_TTL = 2.0
 RUNNER_CACHE_SIZE = 10_000
 
-OPEN_STATUSES = ("queued", "running")
-
 
 def _runner(row: sqlite3.Row) -> RunnerRecord:
     return RunnerRecord(
