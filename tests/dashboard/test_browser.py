@@ -1,0 +1,267 @@
+"""The dashboard in a real headless Chromium, against a live coordinator and agent on 127.0.0.1.
+
+Every wait is Playwright's ``expect`` with a timeout (or ``wait_for`` with a deadline); none is a sleep. A job
+that must stay running while the browser watches waits on a gate file the test creates.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from playwright.async_api import Page, expect
+
+from coordinator import keys, tokens
+from shared.models import MetricSample
+from shared.timeutil import from_epoch
+from tests.conftest import API_KEY, CoordinatorHandle, StartAgent
+from tests.dashboard.conftest import Browser
+from tests.helpers import wait_for
+
+SECRET = "hunter2-very-secret-value"
+
+
+def gated_job(gate: Path, name: str = "build-and-test") -> dict[str, Any]:
+    """A job that prints, waits for ``gate`` to exist, prints again, and ends with a second step."""
+    return {
+        "name": name,
+        "environment": {"SECRET": SECRET},
+        "masked": ["SECRET"],
+        "steps": [
+            {
+                "name": "build",
+                "run": (
+                    'echo "first line"; echo "warning on stderr" >&2; echo "the secret is $SECRET"; '
+                    f'while [ ! -e "{gate}" ]; do sleep 0.05; done; echo "after the gate"'
+                ),
+            },
+            {"name": "test", "run": 'echo "second step"'},
+        ],
+    }
+
+
+async def runner_of(coordinator: CoordinatorHandle) -> dict[str, Any]:
+    async def one() -> dict[str, Any] | None:
+        _, body = await coordinator.api.get("/runners")
+        runners = body["runners"]
+        return runners[0] if runners and runners[0]["status"] == "active" else None
+
+    return await wait_for(one, 15, what="the agent's runner to be active")
+
+
+async def sign_in(page: Page, coordinator: CoordinatorHandle, credential: str) -> None:
+    await page.goto(coordinator.url + "/")
+    await page.fill("#credential", credential)
+    await page.click("#sign-in")
+    await expect(page.locator("#who")).not_to_be_empty()
+    await expect(page.locator("#live.on")).to_be_visible()  # the WebSocket is open: no live event is missed
+
+
+def assert_clean(browser: Browser, *secrets: str, refused: set[tuple[str, int]] | None = None) -> None:
+    """No credential in any URL the browser asked for, no console error (a CSP violation is one), and no error
+    answer but the expected ones (the page asks ``/api/whoami`` before anyone signed in)."""
+    assert not browser.console_errors, browser.console_errors
+    allowed = {("/api/whoami", 401)} | (refused or set())
+    assert set(browser.failed) <= allowed, browser.failed
+    assert_no_credential_in_urls(browser, *secrets)
+
+
+def assert_no_credential_in_urls(browser: Browser, *secrets: str) -> None:
+    assert browser.urls, "the browser made no requests?"
+    for url in browser.urls:
+        assert "token=" not in url and "api_key" not in url.lower(), url
+        for secret in secrets:
+            assert secret not in url, url
+
+
+async def test_admin_signs_in_and_follows_a_job_live(
+    coordinator: CoordinatorHandle, start_agent: StartAgent, browser: Browser, tmp_path: Path
+) -> None:
+    await start_agent()
+    runner = await runner_of(coordinator)
+    page = await browser.new_page()
+
+    # The page and its files carry the security headers; the page itself needs no credential.
+    response = await page.goto(coordinator.url + "/")
+    assert response is not None and response.ok
+    csp = response.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp and "unsafe-inline" not in csp
+    assert response.headers["x-content-type-options"] == "nosniff"
+    await expect(page.locator("#credential")).to_have_attribute("type", "password")
+    await browser.screenshot(page, "01-sign-in")
+
+    # Sign in: the key becomes an HttpOnly, SameSite=Strict session cookie the page's script cannot read.
+    await sign_in(page, coordinator, API_KEY)
+    await expect(page.locator("#who")).to_have_text("admin (admin)")
+    cookies = {c["name"]: c for c in await browser.context.cookies()}
+    session = cookies["rustci_session"]
+    assert session["httpOnly"] and session["sameSite"] == "Strict" and session["path"] == "/"
+    assert await page.evaluate("document.cookie") == ""
+    assert await page.evaluate("JSON.stringify({...sessionStorage, ...localStorage})") == "{}"
+
+    # The local runner is listed with its heartbeat figures.
+    row = page.locator(f'#runners tr[data-runner-id="{runner["id"]}"]')
+    await expect(row).to_contain_text("test-runner")
+    await expect(row.locator("td.status")).to_have_text("active")
+    await expect(row).to_contain_text("native")
+    await expect(row).to_contain_text("test")  # its tag
+    await page.evaluate("window.notReloaded = true")
+
+    # A runner's status change shows up live.
+    status, _ = await coordinator.api.post(f"/runners/{runner['id']}/stop", {})
+    assert status == 200
+    await expect(row.locator("td.status")).to_have_text("stopped")
+    status, _ = await coordinator.api.post(f"/runners/{runner['id']}/start")
+    assert status == 200
+    await expect(row.locator("td.status")).to_have_text("active")
+
+    # A job submitted through the API appears without a reload.
+    gate = tmp_path / "gate"
+    status, submitted = await coordinator.api.post(f"/runners/{runner['id']}/jobs", gated_job(gate))
+    assert status == 201, submitted
+    job_row = page.locator(f'#jobs tr[data-job-id="{submitted["job_id"]}"]')
+    await expect(job_row).to_be_visible()
+    await expect(job_row.locator("td.status")).to_have_text("running")
+    assert await page.evaluate("window.notReloaded") is True
+    await browser.screenshot(page, "02-overview")
+
+    # Its page shows the lines as they arrive, stderr marked, the secret masked as the API gives it.
+    await job_row.locator("a.job-name").click()
+    log = page.locator("#log")
+    await expect(log).to_contain_text("first line")
+    await expect(log.locator(".line.stderr")).to_contain_text("warning on stderr")
+    await expect(log).to_contain_text("the secret is [MASKED]")
+    await expect(page.locator("#job-status")).to_have_text("running")
+    await expect(page.locator('#steps tr[data-step="build"] td.status')).to_have_text("running")
+    await expect(page.locator("#cancel-job")).to_be_visible()  # the admin may cancel
+    assert "after the gate" not in await log.inner_text()
+    await browser.screenshot(page, "03-job-running")
+
+    gate.touch()
+    await expect(log).to_contain_text("after the gate")
+    await expect(log).to_contain_text("second step")
+    await expect(page.locator("#job-status")).to_have_text("completed")
+    await expect(page.locator('#steps tr[data-step="test"] td.status')).to_have_text("completed")
+    await expect(page.locator('#steps tr[data-step="build"] td.num').first).to_have_text("0")
+    await expect(page.locator("#cancel-job")).to_have_count(0)
+    assert SECRET not in await page.content()
+    await browser.screenshot(page, "04-job-completed")
+
+    # The runner's page: health checks, the 24-hour chart, and stop/start behind a confirmation.
+    now = time.time()
+    history = [
+        MetricSample(
+            at=from_epoch(now - hour * 3600), cpu_usage=20 + 3 * hour, memory_usage=40, disk_usage=10, active_jobs=0
+        )
+        for hour in range(1, 24)
+    ]
+    await coordinator.app[keys.METRICS_STORE].add_samples(runner["id"], history, now)  # type: ignore[index]
+    await page.locator(f'a[href="#/runners/{runner["id"]}"]').first.click()
+    await expect(page.locator('#health tr[data-check="connectivity"]')).to_contain_text("pass")
+    cpu_line = page.locator('#metrics svg polyline[data-series="cpu_usage"]')
+    await expect(cpu_line).to_have_count(1)
+    assert len((await cpu_line.get_attribute("points") or "").split()) >= 20  # one point per hour with samples
+    await expect(page.locator("#metrics")).to_contain_text("max 89.0 %")  # the busiest hour of the 24
+    await expect(page.locator(f'#jobs tr[data-job-id="{submitted["job_id"]}"]')).to_contain_text("completed")
+    await browser.screenshot(page, "05-runner")
+    await page.click("button.control.stop")
+    await expect(page.locator("#confirm")).to_be_visible()
+    await page.click("#confirm button[value=keep]")  # changed its mind: nothing happens
+    await expect(page.locator("#confirm")).to_be_hidden()
+    await expect(page.locator("#runner-status")).to_have_text("active")
+    await page.click("button.control.stop")
+    await page.click("#confirm-ok")
+    await expect(page.locator("#runner-status")).to_have_text("stopped")
+    await page.click("button.control.start")
+    await page.click("#confirm-ok")
+    await expect(page.locator("#runner-status")).to_have_text("active")
+    await coordinator.api.wait_runner_status(runner["id"], "active")
+
+    assert await page.evaluate("window.notReloaded") is True
+    assert_clean(browser, API_KEY, session["value"])
+
+
+async def test_admin_cancels_a_running_job_after_confirming(
+    coordinator: CoordinatorHandle, start_agent: StartAgent, browser: Browser, tmp_path: Path
+) -> None:
+    await start_agent()
+    runner = await runner_of(coordinator)
+    status, submitted = await coordinator.api.post(f"/runners/{runner['id']}/jobs", gated_job(tmp_path / "never"))
+    assert status == 201
+    page = await browser.new_page()
+    await sign_in(page, coordinator, API_KEY)
+    await page.goto(f"{coordinator.url}/#/jobs/{runner['id']}/{submitted['job_id']}")
+    await expect(page.locator("#log")).to_contain_text("first line")
+    await page.click("#cancel-job")
+    await expect(page.locator("#confirm-text")).to_contain_text("Cancel job build-and-test?")
+    await page.click("#confirm-ok")
+    await expect(page.locator("#job-status")).to_have_text("cancelled")
+    job = await coordinator.api.wait_job(runner["id"], submitted["job_id"], {"cancelled"})
+    assert job["status"] == "cancelled"
+    await browser.screenshot(page, "job-cancelled")
+    assert_clean(browser, API_KEY)
+
+
+async def test_viewer_sees_everything_but_no_write_action(
+    coordinator: CoordinatorHandle, start_agent: StartAgent, browser: Browser, tmp_path: Path
+) -> None:
+    await start_agent()
+    runner = await runner_of(coordinator)
+    gate = tmp_path / "gate"
+    status, submitted = await coordinator.api.post(f"/runners/{runner['id']}/jobs", gated_job(gate))
+    assert status == 201
+    secret = (coordinator.config.state_dir / "jwt-secret").read_text().strip()
+    viewer_token = tokens.issue(secret, "vera", "viewer", 600)
+    page = await browser.new_page()
+    await sign_in(page, coordinator, viewer_token)
+    await expect(page.locator("#who")).to_have_text("user:vera (viewer)")
+
+    await page.goto(f"{coordinator.url}/#/jobs/{runner['id']}/{submitted['job_id']}")
+    await expect(page.locator("#log")).to_contain_text("first line")
+    await expect(page.locator("#job-status")).to_have_text("running")
+    await expect(page.locator("#cancel-job")).to_have_count(0)
+    await browser.screenshot(page, "viewer-job")
+
+    await page.goto(f"{coordinator.url}/#/runners/{runner['id']}")
+    await expect(page.locator('#health tr[data-check="connectivity"]')).to_be_visible()
+    await expect(page.locator("button.control")).to_have_count(0)
+    await browser.screenshot(page, "viewer-runner")
+
+    # The server says no as well: a change made with the viewer's session is refused.
+    refused = await page.evaluate(
+        """async (path) => {
+            const who = await (await fetch('/api/whoami')).json();
+            const r = await fetch(path, {method: 'POST', headers: {'X-RustCI-CSRF': who.csrf_token}});
+            return r.status;
+        }""",
+        f"/api/runners/{runner['id']}/jobs/{submitted['job_id']}/cancel",
+    )
+    assert refused == 403
+    gate.touch()
+    await coordinator.api.wait_job(runner["id"], submitted["job_id"], {"completed"})
+    assert_clean(
+        browser, viewer_token, refused={(f"/api/runners/{runner['id']}/jobs/{submitted['job_id']}/cancel", 403)}
+    )
+
+
+async def test_wrong_credentials_are_refused_with_a_message(coordinator: CoordinatorHandle, browser: Browser) -> None:
+    page = await browser.new_page()
+    await page.goto(coordinator.url + "/")
+    await page.fill("#credential", "rk_not-the-right-key-at-all")
+    await page.click("#sign-in")
+    await expect(page.locator("#signin-error")).to_contain_text("not valid")
+    await expect(page.locator("#who")).to_be_empty()
+    assert not [c for c in await browser.context.cookies() if c["name"] == "rustci_session"]
+    await browser.screenshot(page, "sign-in-refused")
+    assert_clean(browser, "rk_not-the-right-key-at-all", refused={("/api/session", 401)})
+
+
+async def test_signing_out_ends_the_session(coordinator: CoordinatorHandle, browser: Browser) -> None:
+    page = await browser.new_page()
+    await sign_in(page, coordinator, API_KEY)
+    await page.click("#sign-out")
+    await expect(page.locator("#credential")).to_be_visible()
+    await page.reload()
+    await expect(page.locator("#credential")).to_be_visible()  # the cookie is gone, and so is the session
+    assert len(coordinator.app[keys.DASHBOARD_SESSIONS]) == 0  # type: ignore[index]
