@@ -6,6 +6,7 @@ that must stay running while the browser watches waits on a gate file the test c
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from typing import Any
@@ -265,3 +266,93 @@ async def test_signing_out_ends_the_session(coordinator: CoordinatorHandle, brow
     await page.reload()
     await expect(page.locator("#credential")).to_be_visible()  # the cookie is gone, and so is the session
     assert len(coordinator.app[keys.DASHBOARD_SESSIONS]) == 0  # type: ignore[index]
+
+
+def counting_job(gate: Path, before: int, after: int) -> dict[str, Any]:
+    """Prints ``before 1..N``, waits for ``gate``, prints ``after 1..M``."""
+    script = (
+        f'for i in $(seq 1 {before}); do echo "before $i"; done; '
+        f'while [ ! -e "{gate}" ]; do sleep 0.05; done; '
+        f'for i in $(seq 1 {after}); do echo "after $i"; done'
+    )
+    return {"name": "counting", "steps": [{"name": "count", "run": script}]}
+
+
+async def shown_lines(page: Page) -> list[str]:
+    return await page.locator("#log .line .msg").all_inner_texts()
+
+
+async def api_lines(coordinator: CoordinatorHandle, runner_id: str, job_id: str) -> list[str]:
+    status, page = await coordinator.api.get(f"/runners/{runner_id}/logs?job_id={job_id}&limit=10000")
+    assert status == 200 and not page["has_more"]
+    return [entry["message"] for entry in page["logs"]]
+
+
+async def test_log_resumes_after_a_dropped_stream_with_no_gap_and_no_repeat(
+    coordinator: CoordinatorHandle, start_agent: StartAgent, browser: Browser, tmp_path: Path
+) -> None:
+    await start_agent()
+    runner = await runner_of(coordinator)
+    gate = tmp_path / "gate"
+    status, submitted = await coordinator.api.post(f"/runners/{runner['id']}/jobs", counting_job(gate, 20, 30))
+    assert status == 201
+    page = await browser.new_page()
+    await sign_in(page, coordinator, API_KEY)
+    await page.goto(f"{coordinator.url}/#/jobs/{runner['id']}/{submitted['job_id']}")
+    await expect(page.locator("#log")).to_contain_text("before 20")
+    await expect(page.locator(".log-state")).to_have_text("following")
+
+    # The server ends the stream under the page, as a dropped connection would.
+    assert coordinator.app is not None
+    feed = coordinator.app[keys.LOG_FEED]
+    dropped = [follower for followers in feed._followers.values() for follower in followers]
+    assert len(dropped) == 1
+    dropped[0].close()
+    await expect(page.locator("#log")).to_have_attribute("data-reconnects", "1")
+    await wait_for(
+        lambda: asyncio.sleep(0, feed.follower_count == 1 and dropped[0] not in feed._followers.get(runner["id"], ())),
+        10,
+        what="the page to follow the log again",
+    )
+
+    gate.touch()
+    await expect(page.locator("#log")).to_contain_text("after 30")
+    await coordinator.api.wait_job(runner["id"], submitted["job_id"], {"completed"})
+    expected = await api_lines(coordinator, runner["id"], submitted["job_id"])
+    await expect(page.locator("#log .line")).to_have_count(len(expected))
+    assert await shown_lines(page) == expected  # every line once, in order, across the reconnect
+    assert [f"after {i}" for i in range(1, 31)] == [line for line in expected if line.startswith("after ")]
+    assert_clean(browser, API_KEY)
+
+
+async def test_a_long_log_keeps_a_bounded_dom_and_loads_earlier_lines(
+    coordinator: CoordinatorHandle, start_agent: StartAgent, browser: Browser, tmp_path: Path
+) -> None:
+    await start_agent()
+    runner = await runner_of(coordinator)
+    gate = tmp_path / "gate"
+    status, submitted = await coordinator.api.post(f"/runners/{runner['id']}/jobs", counting_job(gate, 1, 2600))
+    assert status == 201
+    page = await browser.new_page()
+    await sign_in(page, coordinator, API_KEY)
+    await page.goto(f"{coordinator.url}/#/jobs/{runner['id']}/{submitted['job_id']}")
+    await expect(page.locator("#log")).to_contain_text("before 1")
+    gate.touch()  # 2600 lines arrive while the page follows
+
+    await expect(page.locator("#log")).to_contain_text("after 2600", timeout=30_000)
+    await coordinator.api.wait_job(runner["id"], submitted["job_id"], {"completed"})
+    expected = await api_lines(coordinator, runner["id"], submitted["job_id"])
+    await expect(page.locator("#log .line")).to_have_count(2000)  # the oldest left the DOM
+    assert await shown_lines(page) == expected[-2000:]
+    await browser.screenshot(page, "job-long-log")
+
+    load_earlier = page.locator("button.load-earlier")
+    for _ in range(5):  # 500 lines a click
+        if not await load_earlier.is_visible():
+            break
+        count = await page.locator("#log .line").count()
+        await load_earlier.click()
+        await expect(page.locator("#log .line")).not_to_have_count(count)
+    await expect(load_earlier).to_be_hidden()
+    assert await shown_lines(page) == expected
+    assert_clean(browser, API_KEY)

@@ -167,18 +167,25 @@ export class LogView {
     this.more.hidden = false;
   }
 
+  // The page before the first line shown. Timestamps have millisecond precision and many lines share one, so
+  // this reads that millisecond whole (`since` is inclusive, `until` exclusive) and keeps what precedes the
+  // first line by seq, then the page of lines strictly older than it.
   async loadEarlier() {
     const first = this.lines.firstElementChild;
     if (!first) return;
     const firstSeq = Number(first.dataset.seq);
-    // `until` is exclusive and has millisecond precision: ask up to 1 ms past the first line, drop what is shown.
-    const until = new Date(Date.parse(first.dataset.ts) + 1).toISOString();
-    const page = await get(`${this.base}&until=${encodeURIComponent(until)}&limit=${PAGE}`);
-    const earlier = page.logs.filter((entry) => entry.seq < firstSeq).sort((a, b) => a.seq - b.seq);
+    const moment = Date.parse(first.dataset.ts);
+    const iso = (ms) => encodeURIComponent(new Date(ms).toISOString());
+    const [sameMoment, older] = await Promise.all([
+      get(`${this.base}&since=${iso(moment)}&until=${iso(moment + 1)}&limit=10000`),
+      get(`${this.base}&until=${iso(moment)}&limit=${PAGE}`),
+    ]);
+    const earlier = [...older.logs, ...sameMoment.logs.filter((entry) => entry.seq < firstSeq)]
+      .sort((a, b) => a.seq - b.seq);
     const box = this.element;
     const fromBottom = box.scrollHeight - box.scrollTop;
     this.render(earlier, { prepend: true });
     box.scrollTop = box.scrollHeight - fromBottom;  // keep the lines being read where they were
-    this.more.hidden = !(page.has_more && earlier.length);
+    this.more.hidden = !older.has_more;
   }
 }
