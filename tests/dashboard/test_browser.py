@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,27 @@ async def sign_in(page: Page, coordinator: CoordinatorHandle, credential: str) -
     await page.click("#sign-in")
     await expect(page.locator("#who")).not_to_be_empty()
     await expect(page.locator("#live.on")).to_be_visible()  # the WebSocket is open: no live event is missed
+
+
+@dataclass
+class Watched:
+    page: Page
+    runner_id: str
+    job_id: str
+
+
+async def watch_job(
+    coordinator: CoordinatorHandle, start_agent: StartAgent, browser: Browser, job: dict[str, Any], credential: str
+) -> Watched:
+    """Starts an agent, submits ``job`` through the API, signs in with ``credential`` and opens the job's page."""
+    await start_agent()
+    runner = await runner_of(coordinator)
+    status, submitted = await coordinator.api.post(f"/runners/{runner['id']}/jobs", job)
+    assert status == 201, submitted
+    page = await browser.new_page()
+    await sign_in(page, coordinator, credential)
+    await page.goto(f"{coordinator.url}/#/jobs/{runner['id']}/{submitted['job_id']}")
+    return Watched(page, runner["id"], submitted["job_id"])
 
 
 def assert_clean(browser: Browser, *secrets: str, refused: set[tuple[str, int]] | None = None) -> None:
@@ -186,19 +208,14 @@ async def test_admin_signs_in_and_follows_a_job_live(
 async def test_admin_cancels_a_running_job_after_confirming(
     coordinator: CoordinatorHandle, start_agent: StartAgent, browser: Browser, tmp_path: Path
 ) -> None:
-    await start_agent()
-    runner = await runner_of(coordinator)
-    status, submitted = await coordinator.api.post(f"/runners/{runner['id']}/jobs", gated_job(tmp_path / "never"))
-    assert status == 201
-    page = await browser.new_page()
-    await sign_in(page, coordinator, API_KEY)
-    await page.goto(f"{coordinator.url}/#/jobs/{runner['id']}/{submitted['job_id']}")
+    watched = await watch_job(coordinator, start_agent, browser, gated_job(tmp_path / "never"), API_KEY)
+    page = watched.page
     await expect(page.locator("#log")).to_contain_text("first line")
     await page.click("#cancel-job")
     await expect(page.locator("#confirm-text")).to_contain_text("Cancel job build-and-test?")
     await page.click("#confirm-ok")
     await expect(page.locator("#job-status")).to_have_text("cancelled")
-    job = await coordinator.api.wait_job(runner["id"], submitted["job_id"], {"cancelled"})
+    job = await coordinator.api.wait_job(watched.runner_id, watched.job_id, {"cancelled"})
     assert job["status"] == "cancelled"
     await browser.screenshot(page, "job-cancelled")
     assert_clean(browser, API_KEY)
@@ -207,43 +224,36 @@ async def test_admin_cancels_a_running_job_after_confirming(
 async def test_viewer_sees_everything_but_no_write_action(
     coordinator: CoordinatorHandle, start_agent: StartAgent, browser: Browser, tmp_path: Path
 ) -> None:
-    await start_agent()
-    runner = await runner_of(coordinator)
-    gate = tmp_path / "gate"
-    status, submitted = await coordinator.api.post(f"/runners/{runner['id']}/jobs", gated_job(gate))
-    assert status == 201
     secret = (coordinator.config.state_dir / "jwt-secret").read_text().strip()
     viewer_token = tokens.issue(secret, "vera", "viewer", 600)
-    page = await browser.new_page()
-    await sign_in(page, coordinator, viewer_token)
+    gate = tmp_path / "gate"
+    watched = await watch_job(coordinator, start_agent, browser, gated_job(gate), viewer_token)
+    page = watched.page
     await expect(page.locator("#who")).to_have_text("user:vera (viewer)")
-
-    await page.goto(f"{coordinator.url}/#/jobs/{runner['id']}/{submitted['job_id']}")
     await expect(page.locator("#log")).to_contain_text("first line")
     await expect(page.locator("#job-status")).to_have_text("running")
     await expect(page.locator("#cancel-job")).to_have_count(0)
     await browser.screenshot(page, "viewer-job")
 
-    await page.goto(f"{coordinator.url}/#/runners/{runner['id']}")
+    await page.goto(f"{coordinator.url}/#/runners/{watched.runner_id}")
     await expect(page.locator('#health tr[data-check="connectivity"]')).to_be_visible()
     await expect(page.locator("button.control")).to_have_count(0)
     await browser.screenshot(page, "viewer-runner")
 
     # The server says no as well: a change made with the viewer's session is refused.
+    cancel = f"/api/runners/{watched.runner_id}/jobs/{watched.job_id}/cancel"
     refused = await page.evaluate(
         """async (path) => {
             const who = await (await fetch('/api/whoami')).json();
             const r = await fetch(path, {method: 'POST', headers: {'X-RustCI-CSRF': who.csrf_token}});
             return r.status;
         }""",
-        f"/api/runners/{runner['id']}/jobs/{submitted['job_id']}/cancel",
+        cancel,
     )
     assert refused == 403
     gate.touch()
-    await coordinator.api.wait_job(runner["id"], submitted["job_id"], {"completed"})
-    assert_clean(
-        browser, viewer_token, refused={(f"/api/runners/{runner['id']}/jobs/{submitted['job_id']}/cancel", 403)}
-    )
+    await coordinator.api.wait_job(watched.runner_id, watched.job_id, {"completed"})
+    assert_clean(browser, viewer_token, refused={(cancel, 403)})
 
 
 async def test_wrong_credentials_are_refused_with_a_message(coordinator: CoordinatorHandle, browser: Browser) -> None:
@@ -291,14 +301,9 @@ async def api_lines(coordinator: CoordinatorHandle, runner_id: str, job_id: str)
 async def test_log_resumes_after_a_dropped_stream_with_no_gap_and_no_repeat(
     coordinator: CoordinatorHandle, start_agent: StartAgent, browser: Browser, tmp_path: Path
 ) -> None:
-    await start_agent()
-    runner = await runner_of(coordinator)
     gate = tmp_path / "gate"
-    status, submitted = await coordinator.api.post(f"/runners/{runner['id']}/jobs", counting_job(gate, 20, 30))
-    assert status == 201
-    page = await browser.new_page()
-    await sign_in(page, coordinator, API_KEY)
-    await page.goto(f"{coordinator.url}/#/jobs/{runner['id']}/{submitted['job_id']}")
+    watched = await watch_job(coordinator, start_agent, browser, counting_job(gate, 20, 30), API_KEY)
+    page, runner_id, job_id = watched.page, watched.runner_id, watched.job_id
     await expect(page.locator("#log")).to_contain_text("before 20")
     await expect(page.locator(".log-state")).to_have_text("following")
 
@@ -310,15 +315,15 @@ async def test_log_resumes_after_a_dropped_stream_with_no_gap_and_no_repeat(
     dropped[0].close()
     await expect(page.locator("#log")).to_have_attribute("data-reconnects", "1")
     await wait_for(
-        lambda: asyncio.sleep(0, feed.follower_count == 1 and dropped[0] not in feed._followers.get(runner["id"], ())),
+        lambda: asyncio.sleep(0, feed.follower_count == 1 and dropped[0] not in feed._followers.get(runner_id, ())),
         10,
         what="the page to follow the log again",
     )
 
     gate.touch()
     await expect(page.locator("#log")).to_contain_text("after 30")
-    await coordinator.api.wait_job(runner["id"], submitted["job_id"], {"completed"})
-    expected = await api_lines(coordinator, runner["id"], submitted["job_id"])
+    await coordinator.api.wait_job(runner_id, job_id, {"completed"})
+    expected = await api_lines(coordinator, runner_id, job_id)
     await expect(page.locator("#log .line")).to_have_count(len(expected))
     assert await shown_lines(page) == expected  # every line once, in order, across the reconnect
     assert [f"after {i}" for i in range(1, 31)] == [line for line in expected if line.startswith("after ")]
@@ -328,20 +333,15 @@ async def test_log_resumes_after_a_dropped_stream_with_no_gap_and_no_repeat(
 async def test_a_long_log_keeps_a_bounded_dom_and_loads_earlier_lines(
     coordinator: CoordinatorHandle, start_agent: StartAgent, browser: Browser, tmp_path: Path
 ) -> None:
-    await start_agent()
-    runner = await runner_of(coordinator)
     gate = tmp_path / "gate"
-    status, submitted = await coordinator.api.post(f"/runners/{runner['id']}/jobs", counting_job(gate, 1, 2600))
-    assert status == 201
-    page = await browser.new_page()
-    await sign_in(page, coordinator, API_KEY)
-    await page.goto(f"{coordinator.url}/#/jobs/{runner['id']}/{submitted['job_id']}")
+    watched = await watch_job(coordinator, start_agent, browser, counting_job(gate, 1, 2600), API_KEY)
+    page, runner_id, job_id = watched.page, watched.runner_id, watched.job_id
     await expect(page.locator("#log")).to_contain_text("before 1")
     gate.touch()  # 2600 lines arrive while the page follows
 
     await expect(page.locator("#log")).to_contain_text("after 2600", timeout=30_000)
-    await coordinator.api.wait_job(runner["id"], submitted["job_id"], {"completed"})
-    expected = await api_lines(coordinator, runner["id"], submitted["job_id"])
+    await coordinator.api.wait_job(runner_id, job_id, {"completed"})
+    expected = await api_lines(coordinator, runner_id, job_id)
     await expect(page.locator("#log .line")).to_have_count(2000)  # the oldest left the DOM
     assert await shown_lines(page) == expected[-2000:]
     await browser.screenshot(page, "job-long-log")
