@@ -6,7 +6,6 @@ that must stay running while the browser watches waits on a gate file the test c
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -199,6 +198,11 @@ async def test_admin_signs_in_and_follows_a_job_live(
     await page.click("button.control.start")
     await page.click("#confirm-ok")
     await expect(page.locator("#runner-status")).to_have_text("active")
+    await page.click("button.control.restart")
+    await expect(page.locator("#confirm-text")).to_contain_text("Restart runner test-runner?")
+    await page.click("#confirm-ok")
+    await expect(page.locator("#control-result")).to_contain_text("restart")
+    await expect(page.locator("#runner-status")).to_have_text("active")
     await coordinator.api.wait_runner_status(runner["id"], "active")
 
     assert await page.evaluate("window.notReloaded") is True
@@ -307,18 +311,19 @@ async def test_log_resumes_after_a_dropped_stream_with_no_gap_and_no_repeat(
     await expect(page.locator("#log")).to_contain_text("before 20")
     await expect(page.locator(".log-state")).to_have_text("following")
 
-    # The server ends the stream under the page, as a dropped connection would.
+    # The server ends the stream under the page, as a dropped connection would (through the feed's own table:
+    # the test reaches into it to pick the one stream to end).
     assert coordinator.app is not None
     feed = coordinator.app[keys.LOG_FEED]
     dropped = [follower for followers in feed._followers.values() for follower in followers]
     assert len(dropped) == 1
     dropped[0].close()
     await expect(page.locator("#log")).to_have_attribute("data-reconnects", "1")
-    await wait_for(
-        lambda: asyncio.sleep(0, feed.follower_count == 1 and dropped[0] not in feed._followers.get(runner_id, ())),
-        10,
-        what="the page to follow the log again",
-    )
+
+    async def following_again() -> bool:
+        return feed.follower_count == 1 and dropped[0] not in feed._followers.get(runner_id, ())
+
+    await wait_for(following_again, 10, what="the page to follow the log again")
 
     gate.touch()
     await expect(page.locator("#log")).to_contain_text("after 30")
