@@ -154,9 +154,12 @@ def _token_expiry(request: web.Request) -> float | None:
     """The ``exp`` of the bearer JWT that authenticated this request (already verified), if it was one."""
     scheme, _, value = request.headers.get("Authorization", "").partition(" ")
     value = value.strip()
-    if scheme.lower() != "bearer" or not tokens.looks_like_jwt(value):
+    if request.headers.get("X-API-Key") or scheme.lower() != "bearer" or not tokens.looks_like_jwt(value):
+        return None  # an API key authenticated (it takes precedence), or no token at all
+    try:
+        claims = jwt.decode(value, options={"verify_signature": False})
+    except jwt.InvalidTokenError:
         return None
-    claims = jwt.decode(value, options={"verify_signature": False})
     exp = claims.get("exp")
     return float(exp) if isinstance(exp, int | float) else None
 

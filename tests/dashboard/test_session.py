@@ -184,3 +184,8 @@ async def test_the_session_table_is_per_coordinator_and_forgets_on_restart(coord
     await coordinator.restart()
     status, body = await coordinator.client(None).get("/runners", headers={"Cookie": cookie})
     assert_error(status, body, 401, "AUTHENTICATION_REQUIRED")
+
+
+async def test_a_stray_bearer_header_beside_the_api_key_is_no_error(coordinator: CoordinatorHandle) -> None:
+    _, session = await sign_in(coordinator, **{"X-API-Key": API_KEY, "Authorization": "Bearer eyJx.not-a.jwt"})
+    assert session["role"] == "admin"
