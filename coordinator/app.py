@@ -8,6 +8,7 @@ from aiohttp import web
 
 from coordinator import auth, keys, liveness
 from coordinator.config import CoordinatorConfig
+from coordinator.dashboard.session import SessionTable
 from coordinator.dispatch import Dispatcher
 from coordinator.estimate import Estimator
 from coordinator.hub import Hub
@@ -84,6 +85,7 @@ def make_app(config: CoordinatorConfig) -> web.Application:
     app[keys.RUNNER_TOKENS] = auth.TokenCache()
     app[keys.RATE_LIMITER] = RateLimiter(config.rate_limits)
     app[keys.PROMETHEUS] = CoordinatorMetrics()
+    app[keys.DASHBOARD_SESSIONS] = SessionTable(config.dashboard)
     setup_middlewares(app)
     setup_routes(app)
     setup_log_feed(app)

@@ -19,6 +19,7 @@ from aiohttp import web
 
 from coordinator import tokens
 from coordinator.config import CoordinatorConfig
+from coordinator.dashboard import session as dashboard_session
 from shared import ids
 from shared.errors import AuthenticationRequired, AuthorizationFailed
 
@@ -122,6 +123,8 @@ async def authenticate(
     """Identify the caller. ``runner_token`` gives the token of the runner the path names; ``token_owner``
     finds which runner a token belongs to (so another runner's token is told apart from a wrong one)."""
     presented = _presented(request)
+    if presented is None and (from_cookie := dashboard_session.principal(request)) is not None:
+        return from_cookie
     if presented is None:
         raise AuthenticationRequired(
             "Authentication required: send the API key in the X-API-Key header or a token as 'Authorization: Bearer'",
@@ -147,6 +150,8 @@ async def authenticate(
 
 def authorize(request: web.Request, principal: Principal) -> None:
     """Admins may do anything; a registration key may only register; a runner only its own routes."""
+    if dashboard_session.open_to_all(request):  # sign-in, sign-out, whoami: the handlers decide
+        return
     if principal.role == "admin":
         return
     if principal.role == "viewer":

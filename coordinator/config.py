@@ -89,6 +89,15 @@ class LogStream(Settings):
     """Live entries waiting for one follower; a follower further behind catches up from the database instead."""
 
 
+class Dashboard(Settings):
+    """The web dashboard at ``/`` and its browser sessions (see ``docs/dashboard.md``)."""
+
+    session_ttl: float = Field(default=8 * 3600.0, gt=0, le=30 * 86400)
+    """Seconds a dashboard sign-in lasts (never longer than the bearer token it was made from)."""
+    max_sessions: int = Field(default=10_000, ge=1, le=10_000_000)
+    """Sessions kept in memory at once; past it the oldest is signed out."""
+
+
 class Log(Settings):
     level: str = Field(default="info", pattern=r"^(?i:debug|info|warning|warn|error)$")
     format: str = Field(default="auto", pattern=r"^(json|console|auto)$")
@@ -120,6 +129,7 @@ class CoordinatorConfig(Settings):
     websocket: WebSocketSettings = Field(default_factory=WebSocketSettings)
     log_stream: LogStream = Field(default_factory=LogStream)
     rate_limits: RateLimits = Field(default_factory=RateLimits)
+    dashboard: Dashboard = Field(default_factory=Dashboard)
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024, le=1024**3)
     """Largest request body accepted."""
     log: Log = Field(default_factory=Log)

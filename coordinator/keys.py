@@ -9,6 +9,7 @@ from aiohttp import web
 if TYPE_CHECKING:
     from coordinator.auth import Credentials, Principal, TokenCache
     from coordinator.config import CoordinatorConfig
+    from coordinator.dashboard.session import Session, SessionTable
     from coordinator.dispatch import Dispatcher
     from coordinator.estimate import Estimator
     from coordinator.hub import Hub
@@ -33,3 +34,6 @@ METRICS_STORE: web.AppKey[MetricsStore] = web.AppKey("metrics_store")
 
 RATE_LIMITER: web.AppKey[RateLimiter] = web.AppKey("rate_limiter")
 PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal")
+DASHBOARD_SESSIONS: web.AppKey[SessionTable] = web.AppKey("dashboard_sessions")
+DASHBOARD_SESSION: web.RequestKey[Session] = web.RequestKey("dashboard_session")
+"""The dashboard session a request was authenticated with (absent for API keys and tokens in headers)."""

@@ -9,10 +9,11 @@ from typing import Any
 from aiohttp import web
 
 from coordinator import auth, keys, ratelimit
+from coordinator.dashboard import assets
 from shared.http import error_middleware
 
-# Reachable without credentials: the liveness probe, the API description and the Prometheus scrape.
-PUBLIC_PATHS = frozenset({"/api/health", "/api/openapi.json", "/metrics"})
+# Reachable without credentials: the liveness probe, the API description, the Prometheus scrape, the dashboard's files.
+PUBLIC_PATHS = frozenset({"/api/health", "/api/openapi.json", "/metrics"}) | assets.public_paths()
 
 
 @web.middleware

@@ -107,6 +107,9 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("post", "/runners/{runner_id}/stop", "Stop a runner", m.ControlResult, m.StopRequest),
     Operation("post", "/runners/{runner_id}/restart", "Restart a runner", m.ControlResult, m.RestartRequest),
     Operation("post", "/runners/bulk", "Operate on many runners", m.BulkResult, m.BulkRequest),
+    Operation("get", "/whoami", "Who the credential or dashboard session is", m.Identity),
+    Operation("post", "/session", "Sign in to the dashboard: the credential becomes a session cookie", m.Identity),
+    Operation("delete", "/session", "Sign out of the dashboard", m.Ok),
 )
 
 ERROR_SCHEMA: dict[str, Any] = {

@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from coordinator.api import agents, bulk, control, docs, health, jobs, logs, runners, status, stream
+from coordinator.dashboard import assets, session
 
 
 def setup_routes(app: web.Application) -> None:
@@ -13,6 +14,12 @@ def setup_routes(app: web.Application) -> None:
     r.add_get("/api/health", health.liveness)
     r.add_get("/api/openapi.json", docs.openapi_document)
     r.add_get("/metrics", status.prometheus)
+    # The web dashboard (coordinator/dashboard) and its browser sign-in.
+    r.add_get("/", assets.index)
+    r.add_get(assets.PREFIX + "{name}", assets.asset)
+    r.add_post("/api/session", session.sign_in)
+    r.add_delete("/api/session", session.sign_out)
+    r.add_get("/api/whoami", session.whoami)
     r.add_post("/api/runners/register", runners.register)
     r.add_get("/api/runners/ws", stream.runner_updates)
     r.add_post("/api/runners/bulk", bulk.bulk)

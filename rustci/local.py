@@ -126,6 +126,10 @@ class Plan:
         return f"http://{shown}:{self.coordinator.listen.port}/api"
 
     @property
+    def dashboard_url(self) -> str:
+        return self.public_api_url.removesuffix("/api") + "/"
+
+    @property
     def agent_health_url(self) -> str:
         return _base_url(self.agent.listen.host, self.agent.listen.port) + "/health"
 
@@ -436,6 +440,7 @@ class Launcher:
             "",
             "RustCI Runner is up: a coordinator and one local agent. Press Ctrl-C to stop both.",
             "",
+            f"  Dashboard:      {self.plan.dashboard_url}  (sign in with the admin API key)",
             f"  API URL:        {url}",
             f"  Admin API key:  {api_key}",
             f"  Runner id:      {runner_id}",

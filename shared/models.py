@@ -126,6 +126,16 @@ class Ok(Response):
     message: str
 
 
+class Identity(Response):
+    """``GET /api/whoami`` and ``POST /api/session``: who the caller is. A dashboard session adds its CSRF token
+    (send it as ``X-RustCI-CSRF`` on every change) and when it ends."""
+
+    role: str
+    subject: str
+    csrf_token: str | None = None
+    expires_at: Timestamp | None = None
+
+
 # --- jobs --------------------------------------------------------------------------------------------------
 
 EnvName = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]

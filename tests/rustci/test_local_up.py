@@ -133,6 +133,9 @@ async def check_api(launched: Launch, banner: Banner) -> dict[str, object]:
     assert banner.api_url == f"http://localhost:{launched.port}/api"
     api = Api(f"http://127.0.0.1:{launched.port}/api", banner.api_key)
     try:
+        assert f"  Dashboard:      http://localhost:{launched.port}/  " in launched.stdout()
+        async with api.session.get(f"http://127.0.0.1:{launched.port}/") as page:
+            assert page.status == 200 and page.content_type == "text/html"
         status, body = await api.get("/runners")
         assert status == 200, body
         assert body["total_count"] == 1
