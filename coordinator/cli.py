@@ -14,11 +14,12 @@ from pathlib import Path
 import structlog
 from aiohttp import web
 
-from coordinator import auth, tokens
+from coordinator import auth, service, tokens
 from coordinator import config as config_module
 from coordinator.app import make_app
 from shared import logs
 from shared.config import ConfigError
+from shared.systemd import Notifier
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,20 +46,14 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure(config.log.level, config.log.format)  # type: ignore[arg-type]
     log = structlog.get_logger("coordinator")
     app = make_app(config)
-
-    async def announce(_: web.Application) -> None:
-        log.info(
-            "coordinator listening",
-            url=f"http://{config.listen.host}:{config.listen.port}/api",
-            database=str(config.database_path),
-        )
-
-    app.on_startup.append(announce)
+    notifier = Notifier.from_environment()
+    service.setup_service(app, notifier, args.config)
     web.run_app(
         app,
         host=config.listen.host,
         port=config.listen.port,
-        print=None,
+        # run_app calls ``print`` once every site listens: the moment to say READY=1.
+        print=lambda _: service.announce_ready(app, notifier),
         access_log=None,
         shutdown_timeout=10,
         handle_signals=True,
