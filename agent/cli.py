@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"rustci-agent: {e}", file=sys.stderr)
         return 2
-    logs.configure(config.log.level, config.log.format)  # type: ignore[arg-type]
+    logs.configure(config.log.level, config.log.format, component="agent")  # type: ignore[arg-type]
     use_pidfd_child_watcher()
     try:
         agent = Agent(config, args.config)

@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         secret = auth.load_credentials(config).jwt_secret
         print(tokens.issue(secret, args.subject, args.role, args.ttl))
         return 0
-    logs.configure(config.log.level, config.log.format)  # type: ignore[arg-type]
+    logs.configure(config.log.level, config.log.format, component="coordinator")  # type: ignore[arg-type]
     log = structlog.get_logger("coordinator")
     app = make_app(config)
     notifier = Notifier.from_environment()

@@ -4,14 +4,13 @@ in for systemd's ``NOTIFY_SOCKET``; and ``systemd-analyze verify`` on both units
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import shutil
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -19,7 +18,8 @@ import pytest
 
 from shared.systemd import Notifier, watchdog_interval
 from tests.conftest import API_KEY, CoordinatorHandle, StartAgentProcess
-from tests.helpers import REPO, DaemonProcess, free_port, wait_for
+from tests.helpers import REPO, free_port, wait_for
+from tests.ops.daemons import coordinator_daemon
 
 WATCHDOG_USEC = 400_000  # keep-alives every 0.2 s
 
@@ -88,25 +88,6 @@ async def assert_watchdog_pace(sock: NotifySocket) -> None:
     await wait_for(enough, timeout=10, what="six keep-alives")
     gaps = [b - a for a, b in itertools.pairwise(beats())]
     assert max(gaps) < WATCHDOG_USEC / 1_000_000 * 0.9, gaps
-
-
-@contextlib.asynccontextmanager
-async def coordinator_daemon(tmp_path: Path, port: int, **env: str) -> AsyncIterator[DaemonProcess]:
-    proc = DaemonProcess(
-        "coordinator",
-        {
-            "RUSTCI_STATE_DIR": str(tmp_path / "coordinator-state"),
-            "RUSTCI_LISTEN_PORT": str(port),
-            "RUSTCI_LISTEN_HOST": "127.0.0.1",
-            "RUSTCI_API_KEY": API_KEY,
-            **env,
-        },
-        tmp_path / "coordinator.log",
-    ).start()
-    try:
-        yield proc
-    finally:
-        await proc.stop(timeout=10)
 
 
 async def test_coordinator_ready_status_watchdog_reload_stopping(notify_socket: NotifySocket, tmp_path: Path) -> None:
