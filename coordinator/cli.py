@@ -1,7 +1,8 @@
 """``rustci-coordinator``: load the config, set up logging, serve until SIGTERM or Ctrl-C.
 
-``rustci-coordinator token --subject NAME --role admin|viewer`` prints a bearer JWT signed with this
-coordinator's secret instead of serving.
+``rustci-coordinator token --subject NAME --role admin|viewer`` prints a bearer JWT signed with the secret of
+the coordinator that runs with the same config (``-c`` and ``RUSTCI_STATE_DIR``) instead of serving; it never
+creates keys (see :mod:`coordinator.statedir`).
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from pathlib import Path
 import structlog
 from aiohttp import web
 
-from coordinator import auth, service, tokens
 from coordinator import config as config_module
+from coordinator import service, statedir, tokens
 from coordinator.app import make_app
 from shared import logs
 from shared.config import ConfigError
@@ -40,7 +41,11 @@ def main(argv: list[str] | None = None) -> int:
         if not 1 <= args.ttl <= 366 * 24 * 3600:
             print("rustci-coordinator: --ttl must be between 1 second and 366 days", file=sys.stderr)
             return 2
-        secret = auth.load_credentials(config).jwt_secret
+        try:
+            secret = statedir.jwt_secret(config)
+        except statedir.StateNotFound as e:
+            print(f"rustci-coordinator: {e}", file=sys.stderr)
+            return 1
         print(tokens.issue(secret, args.subject, args.role, args.ttl))
         return 0
     logs.configure(config.log.level, config.log.format, component="coordinator")  # type: ignore[arg-type]
