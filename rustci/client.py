@@ -281,13 +281,10 @@ class RustCIClient:
                 raise from_envelope(response.status_code, body)
             yield from _log_events(response.iter_lines(decode_unicode=True))
 
-    def bulk(
-        self, operation: str, filters: Mapping[str, Any] | None = None, data: Mapping[str, Any] | None = None
-    ) -> dict[str, Any]:
-        """``operation`` (update_config, start, stop, restart, delete) on every runner matching ``filters``."""
-        request: dict[str, Any] = {"operation": operation}
-        if filters is not None:
-            request["filters"] = dict(filters)
+    def bulk(self, operation: str, filters: Mapping[str, Any], data: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """``operation`` (update_config, start, stop, restart, delete) on every runner matching ``filters``
+        (``status``, ``type``, ``tags``); ``{}`` is every runner."""
+        request: dict[str, Any] = {"operation": operation, "filters": dict(filters)}
         if data is not None:
             request["data"] = dict(data)
         return self.request("POST", "/runners/bulk", json_body=_validated(BulkRequest, request))
