@@ -22,6 +22,7 @@ RUNNER_COLUMNS = (
     Column("TAGS", "tags"),
     Column("HOST", "host"),
 )
+HEALTH_COLUMNS = (Column("CHECK", "check"), Column("STATUS", "status"), Column("ERROR", "error"))
 BULK_COLUMNS = (Column("RUNNER", "runner_id"), Column("SUCCESS", "success"), Column("ERROR", "error.code"))
 
 
@@ -63,6 +64,20 @@ def runners_get(args: argparse.Namespace) -> int:
     with resolve(args).client() as client:
         runner = client.get_runner(args.runner_id)
     return output.show(args.output, runner, output.fields(runner))
+
+
+def runners_status(args: argparse.Namespace) -> int:
+    with resolve(args).client() as client:
+        view = client.get_runner_status(args.runner_id)
+    return output.show(args.output, view, output.fields(view))
+
+
+def runners_health(args: argparse.Namespace) -> int:
+    with resolve(args).client() as client:
+        view = client.get_runner_health(args.runner_id)
+    checks = [{"check": name, **check} for name, check in view.get("checks", {}).items()]
+    human = f"HEALTH   {view.get('health')}\n\n" + output.table(checks, HEALTH_COLUMNS)
+    return output.show(args.output, view, human)
 
 
 def runners_update(args: argparse.Namespace) -> int:
@@ -171,6 +186,13 @@ def add_parsers(groups: Any, common: argparse.ArgumentParser) -> None:
     get = cmds.add_parser("get", parents=[common], help="one runner, with its statistics")
     get.add_argument("runner_id", metavar="RUNNER")
     get.set_defaults(handler=runners_get)
+    for name, handler, text in (
+        ("status", runners_status, "live status and load, asked of the agent (held jobs counted as queued)"),
+        ("health", runners_health, "the agent's health checks"),
+    ):
+        cmd = cmds.add_parser(name, parents=[common], help=text)
+        cmd.add_argument("runner_id", metavar="RUNNER")
+        cmd.set_defaults(handler=handler)
     update = cmds.add_parser("update", parents=[common], help="change a runner's name, tags, capabilities, metadata")
     update.add_argument("runner_id", metavar="RUNNER")
     update.add_argument("--name")

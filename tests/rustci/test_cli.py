@@ -223,6 +223,11 @@ async def test_config_get_set_and_stop_start(connected: Cli, start_agent: StartA
     assert whole.json["configuration"]["job_timeout"] == 600
     one_line_error(await connected("config", "set", runner_id, "max_concurrent_jobs=zero"), "INVALID_REQUEST")
 
+    status = await connected("runners", "status", runner_id)
+    assert status.code == 0 and "CURRENT_LOAD_QUEUED_JOBS" in status.out and "active" in status.out
+    health = await connected("runners", "health", runner_id)
+    assert health.code == 0 and health.out.splitlines()[2].split() == ["CHECK", "STATUS", "ERROR"]
+
     stopped = await connected("runners", "stop", runner_id, "-o", "json")
     assert stopped.code == 0 and stopped.json["success"] is True
     listed = await connected("runners", "list", "-o", "json")
