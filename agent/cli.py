@@ -21,10 +21,12 @@ from agent.registration import RegistrationRefused
 from shared import logs
 from shared.config import ConfigError
 from shared.errors import ApiError
+from shared.systemd import Notifier
 
 
-async def serve(agent: Agent) -> int:
+async def serve(agent: Agent, notifier: Notifier | None = None) -> int:
     log = structlog.get_logger("agent")
+    notifier = notifier or Notifier(None)
     loop = asyncio.get_running_loop()
     stop_requested = asyncio.Event()
     signals_seen = 0
@@ -42,25 +44,45 @@ async def serve(agent: Agent) -> int:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
-    loop.add_signal_handler(signal.SIGHUP, agent.reload_config)
+
+    def reload() -> None:
+        notifier.reloading()
+        agent.reload_config()
+        notifier.ready(status())
+
+    def status() -> str:
+        supervisor = agent.supervisor
+        return f"{agent.state}: {supervisor.active_jobs} job(s) running, {supervisor.queued_jobs} queued"
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
+    # Kept apart from the agent's own tasks: keep-alives go on while running jobs drain at shutdown.
+    keepalive = asyncio.create_task(notifier.keepalive_forever(status), name="agent:systemd-keepalive")
     try:
+        notifier.status("starting: registering with the coordinator")
         start = asyncio.create_task(agent.start())
         stop_wait = asyncio.create_task(stop_requested.wait())
         await asyncio.wait([start, stop_wait], return_when=asyncio.FIRST_COMPLETED)
         if not start.done():
+            notifier.stopping("stopping before registration finished")
             start.cancel()
             stop_wait.cancel()
             await asyncio.gather(start, return_exceptions=True)
             await agent.store.close()
             return 0
         start.result()
+        notifier.ready(status())
         await stop_wait
+        notifier.stopping(f"stopping: {agent.supervisor.active_jobs} running job(s) get shutdown_timeout to finish")
         await agent.stop()
         log.info("agent stopped")
         return 0
     except (RegistrationRefused, ApiError) as e:
         log.error("registration failed", error=str(e))
         return 3
+    finally:
+        keepalive.cancel()
+        await asyncio.gather(keepalive, return_exceptions=True)
+        notifier.close()
 
 
 def use_pidfd_child_watcher() -> bool:
@@ -88,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"rustci-agent: {e}", file=sys.stderr)
         return 2
-    logs.configure(config.log.level, config.log.format)  # type: ignore[arg-type]
+    logs.configure(config.log.level, config.log.format, component="agent")  # type: ignore[arg-type]
     use_pidfd_child_watcher()
     try:
         agent = Agent(config, args.config)
@@ -96,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         where = args.config or "(defaults)"
         print(f"rustci-agent: config error in {where}: {e}", file=sys.stderr)
         return 2
-    return asyncio.run(serve(agent))
+    return asyncio.run(serve(agent, Notifier.from_environment()))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 Each :class:`AgentMetrics` has its own ``CollectorRegistry`` (never the process-wide default), so two agents in one
 process, as in the tests, count separately. Values the agent already keeps (running and queued jobs, job outcomes,
 the outbox) are read when Prometheus scrapes; events nothing else records (step durations, executor errors,
-heartbeat failures, samples dropped) are counted where they happen.
+heartbeat failures, samples dropped) are counted where they happen. The registry also holds the process,
+Python and build collectors of :func:`shared.prometheus.daemon_registry` (and no ``*_created`` series).
 
 Load samples are taken every ``metrics_interval`` into a bounded buffer and leave it only once a heartbeat that
 carried them was answered, so a coordinator outage loses at most what the bound drops (counted).
@@ -20,13 +21,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from agent import sysinfo
 from agent.executors.base import Executor, ExecutorError, JobContext, OutputSink, StepContext
 from shared.models import TERMINAL_JOB_STATUSES, MetricSample
+from shared.prometheus import daemon_registry
 from shared.sqlite import Database
 from shared.timeutil import utcnow
 
@@ -76,6 +78,7 @@ class _Scraped(Collector):
         self.spool_events = 0
         self.dropped: dict[str, int] = {}
         self.samples_buffered = 0
+        self.storage_errors = 0
 
     def collect(self) -> Iterator[Metric]:
         yield GaugeMetricFamily("rustci_agent_jobs_running", "Jobs running on this agent now.", value=self.running)
@@ -103,6 +106,11 @@ class _Scraped(Collector):
         for kind in ("log_entries", "metric_samples"):
             dropped.add_metric([kind], self.dropped.get(kind, 0))
         yield dropped
+        yield CounterMetricFamily(
+            "rustci_agent_storage_errors",
+            "Operations on the agent's database that failed with a storage error (disk full, I/O error) since start.",
+            value=self.storage_errors,
+        )
         yield GaugeMetricFamily(
             "rustci_agent_metric_samples_buffered",
             "Load samples waiting for the next heartbeat to carry them.",
@@ -127,7 +135,7 @@ def _read_store(conn: sqlite3.Connection) -> tuple[dict[str, int], int, int]:
 
 class AgentMetrics:
     def __init__(self, sample_limit: int) -> None:
-        self.registry = CollectorRegistry()
+        self.registry = daemon_registry("agent")
         self.step_duration = Histogram(
             "rustci_agent_step_duration_seconds",
             "Time each step ran in the executor, by how it ended (completed, failed, cancelled, error).",
@@ -160,6 +168,7 @@ class AgentMetrics:
         scraped.outcomes, scraped.spool_bytes, scraped.spool_events = outcomes, spool_bytes, spool_events
         scraped.dropped = {"log_entries": log_entries_dropped, "metric_samples": self.samples.dropped}
         scraped.samples_buffered = len(self.samples)
+        scraped.storage_errors = db.errors
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,7 +1,8 @@
 """``rustci-coordinator``: load the config, set up logging, serve until SIGTERM or Ctrl-C.
 
-``rustci-coordinator token --subject NAME --role admin|viewer`` prints a bearer JWT signed with this
-coordinator's secret instead of serving.
+``rustci-coordinator token --subject NAME --role admin|viewer`` prints a bearer JWT signed with the secret of
+the coordinator that runs with the same config (``-c`` and ``RUSTCI_STATE_DIR``) instead of serving; it never
+creates keys (see :mod:`coordinator.statedir`).
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ from pathlib import Path
 import structlog
 from aiohttp import web
 
-from coordinator import auth, tokens
 from coordinator import config as config_module
+from coordinator import service, statedir, tokens
 from coordinator.app import make_app
 from shared import logs
 from shared.config import ConfigError
+from shared.systemd import Notifier
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,26 +41,24 @@ def main(argv: list[str] | None = None) -> int:
         if not 1 <= args.ttl <= 366 * 24 * 3600:
             print("rustci-coordinator: --ttl must be between 1 second and 366 days", file=sys.stderr)
             return 2
-        secret = auth.load_credentials(config).jwt_secret
+        try:
+            secret = statedir.jwt_secret(config)
+        except statedir.StateNotFound as e:
+            print(f"rustci-coordinator: {e}", file=sys.stderr)
+            return 1
         print(tokens.issue(secret, args.subject, args.role, args.ttl))
         return 0
-    logs.configure(config.log.level, config.log.format)  # type: ignore[arg-type]
+    logs.configure(config.log.level, config.log.format, component="coordinator")  # type: ignore[arg-type]
     log = structlog.get_logger("coordinator")
     app = make_app(config)
-
-    async def announce(_: web.Application) -> None:
-        log.info(
-            "coordinator listening",
-            url=f"http://{config.listen.host}:{config.listen.port}/api",
-            database=str(config.database_path),
-        )
-
-    app.on_startup.append(announce)
+    notifier = Notifier.from_environment()
+    service.setup_service(app, notifier, args.config)
     web.run_app(
         app,
         host=config.listen.host,
         port=config.listen.port,
-        print=None,
+        # run_app calls ``print`` once every site listens: the moment to say READY=1.
+        print=lambda _: service.announce_ready(app, notifier),
         access_log=None,
         shutdown_timeout=10,
         handle_signals=True,

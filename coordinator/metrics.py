@@ -6,27 +6,32 @@ two coordinators in one process, as in the tests, count separately).
 - Counted where they happen: HTTP requests by route template (never the raw path, whose ids would make a series
   per runner), method and status, with latency; job and step durations, observed once when a job's terminal event
   is applied; log entries ingested.
-- Read from the store when scraped: runners by status and type, jobs by status (so they are right after a restart
-  and cost nothing between scrapes); WebSocket clients from the hub, SSE log followers from the log feed.
+- Read from the store when scraped: runners by status and type, open jobs (queued, running) by status, so
+  they say what is true now, are right after a restart and cost nothing between scrapes; storage errors from
+  the database; WebSocket clients from the hub, SSE log followers from the log feed.
+- From :func:`shared.prometheus.daemon_registry`: ``process_*``, ``python_*``, ``rustci_build_info``; no
+  ``*_created`` series.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from coordinator.hub import Hub
 from coordinator.store.base import StatusChange
 from coordinator.store.metrics import MetricsStore
-from shared.models import JOB_STATUSES, RUNNER_STATUSES, RUNNER_TYPES, TERMINAL_JOB_STATUSES, AgentEvent, LogEvent
+from shared.models import RUNNER_STATUSES, RUNNER_TYPES, TERMINAL_JOB_STATUSES, AgentEvent, LogEvent
+from shared.prometheus import daemon_registry
 
 # Seconds. API calls are milliseconds; jobs and steps run from milliseconds to hours.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 RUN_TIME_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 1800, 3600, 7200, 21600)
 UNMATCHED_ROUTE = "unmatched"
+OPEN_JOB_STATUSES = ("queued", "running")
 
 
 class _Scraped(Collector):
@@ -38,6 +43,7 @@ class _Scraped(Collector):
         self.websocket_clients = 0
         self.websocket_slow = 0
         self.sse_clients = 0
+        self.storage_errors = 0
 
     def collect(self) -> Iterator[Metric]:
         runners = GaugeMetricFamily(
@@ -47,10 +53,17 @@ class _Scraped(Collector):
             for kind in RUNNER_TYPES:
                 runners.add_metric([status, kind], self.runners.get((status, kind), 0))
         yield runners
-        jobs = GaugeMetricFamily("rustci_jobs", "Jobs in the index by status.", labels=["status"])
-        for status in JOB_STATUSES:
+        jobs = GaugeMetricFamily(
+            "rustci_jobs", "Open jobs now, by status (queued: waiting or held; running).", labels=["status"]
+        )
+        for status in OPEN_JOB_STATUSES:
             jobs.add_metric([status], self.jobs.get(status, 0))
         yield jobs
+        yield CounterMetricFamily(
+            "rustci_storage_errors",
+            "Database operations that failed with a storage error (disk full, I/O error, locked) since start.",
+            value=self.storage_errors,
+        )
         yield GaugeMetricFamily(
             "rustci_websocket_clients", "Clients connected to /api/runners/ws.", value=self.websocket_clients
         )
@@ -69,7 +82,7 @@ class _Scraped(Collector):
 
 class CoordinatorMetrics:
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
+        self.registry = daemon_registry("coordinator")
         self.http_requests = Counter(
             "rustci_http_requests",
             "HTTP requests answered, by route template, method and status code.",
@@ -97,6 +110,14 @@ class CoordinatorMetrics:
             buckets=RUN_TIME_BUCKETS,
             registry=self.registry,
         )
+        self.jobs_finished = Counter(
+            "rustci_jobs_finished",
+            "Jobs that reached a final status as reported by their agents, by that status.",
+            ["status"],
+            registry=self.registry,
+        )
+        for status in sorted(TERMINAL_JOB_STATUSES):
+            self.jobs_finished.labels(status)
         self.log_entries = Counter(
             "rustci_log_entries_ingested", "Log entries stored from agents.", registry=self.registry
         )
@@ -114,6 +135,7 @@ class CoordinatorMetrics:
         self._scraped.websocket_clients = hub.client_count
         self._scraped.websocket_slow = hub.slow_disconnects
         self._scraped.sse_clients = sse_clients
+        self._scraped.storage_errors = store.db.errors
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -151,6 +173,7 @@ class CoordinatorMetrics:
             self.log_entries.inc(logs)
         finished = [c.id for c in changes if c.kind == "job" and c.new_status in TERMINAL_JOB_STATUSES]
         for timing in await store.job_timings(finished):
+            self.jobs_finished.labels(timing.status).inc()
             if timing.duration is not None:
                 self.job_duration.labels(timing.status).observe(max(0.0, timing.duration))
             for status, seconds in timing.steps:

@@ -1,16 +1,22 @@
-"""Request middlewares: request metrics, the error envelope (from ``shared.http``) and authentication."""
+"""Request middlewares: request metrics and the access log, the error envelope (from ``shared.http``) and
+authentication."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
+import structlog
 from aiohttp import web
 
 from coordinator import auth, keys, ratelimit
 from coordinator.dashboard import assets
+from shared import logs
 from shared.http import error_middleware
+
+access_log = structlog.get_logger("coordinator.access")
 
 # Reachable without credentials: the liveness probe, the API description, the Prometheus scrape, the dashboard's files.
 PUBLIC_PATHS = frozenset({"/api/health", "/api/openapi.json", "/metrics"}) | assets.public_paths()
@@ -44,7 +50,10 @@ async def auth_middleware(request: web.Request, handler: Any) -> web.StreamRespo
 @web.middleware
 async def metrics_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
     """Count every request by its route template (``/api/runners/{runner_id}``, never the raw path: one series
-    per runner id would grow without bound) and time it. Outermost, so it sees the status the client got."""
+    per runner id would grow without bound) and time it. Outermost, so it sees the status the client got.
+
+    At log level ``debug`` it also writes the access log: one ``http request`` line per request with the
+    method, route template, status, duration and the principal that authenticated (none at ``info``)."""
     started = time.perf_counter()
     status = 500
     streamed = False
@@ -62,10 +71,19 @@ async def metrics_middleware(request: web.Request, handler: Any) -> web.StreamRe
         raise
     finally:
         resource = request.match_info.route.resource
-        seconds = None if streamed else time.perf_counter() - started
-        request.app[keys.PROMETHEUS].observe_request(
-            resource.canonical if resource is not None else None, request.method, status, seconds
-        )
+        route = resource.canonical if resource is not None else None
+        elapsed = time.perf_counter() - started
+        request.app[keys.PROMETHEUS].observe_request(route, request.method, status, None if streamed else elapsed)
+        if logs.enabled_for(logging.DEBUG):
+            principal = request.get(keys.PRINCIPAL)
+            access_log.debug(
+                "http request",
+                method=request.method,
+                route=route,
+                status=status,
+                duration_ms=round(elapsed * 1000, 2),
+                principal=principal.subject if principal is not None else None,
+            )
 
 
 def setup_middlewares(app: web.Application) -> None:

@@ -55,13 +55,12 @@ class RateLimiter:
         self.settings = settings
         self._clock = clock
         self._counts: dict[tuple[str, str], tuple[int, int]] = {}  # (rule, key) -> (window index, hits)
-        self._rules: dict[tuple[str, str], Rule] = {
-            ("POST", "/api/runners/register"): Rule("registration", settings.registration_per_minute, _client_ip),
-            ("GET", "/api/runners/{runner_id}/status"): Rule("status", settings.status_per_minute, _runner),
-            ("GET", "/api/runners/{runner_id}/health"): Rule("status", settings.status_per_minute, _runner),
-            ("POST", "/api/runners/{runner_id}/jobs"): Rule("jobs", settings.job_submission_per_minute, _runner),
-            ("POST", "/api/runners/bulk"): Rule("bulk", settings.bulk_per_minute, _user),
-        }
+        self._rules = _rules(settings)
+
+    def configure(self, settings: RateLimits) -> None:
+        """New limits (a config reload); the counts of the current window are kept."""
+        self.settings = settings
+        self._rules = _rules(settings)
 
     def now(self) -> float:
         return self._clock()
@@ -89,6 +88,16 @@ class RateLimiter:
 
     def _prune(self, window: int) -> None:
         self._counts = {slot: count for slot, count in self._counts.items() if count[0] == window}
+
+
+def _rules(settings: RateLimits) -> dict[tuple[str, str], Rule]:
+    return {
+        ("POST", "/api/runners/register"): Rule("registration", settings.registration_per_minute, _client_ip),
+        ("GET", "/api/runners/{runner_id}/status"): Rule("status", settings.status_per_minute, _runner),
+        ("GET", "/api/runners/{runner_id}/health"): Rule("status", settings.status_per_minute, _runner),
+        ("POST", "/api/runners/{runner_id}/jobs"): Rule("jobs", settings.job_submission_per_minute, _runner),
+        ("POST", "/api/runners/bulk"): Rule("bulk", settings.bulk_per_minute, _user),
+    }
 
 
 def _client_ip(request: web.Request) -> str:

@@ -9,6 +9,9 @@ reading (send timeout, ``TCP_USER_TIMEOUT``). This module adds what is ours:
   queue and catches up from the database instead, so a slow client neither slows ingestion nor misses entries.
 - :func:`follow`, one stream's life: the backlog, then live entries, until the client goes away (noticed at
   the next keep-alive at the latest) or the coordinator shuts down (``LogFeed.close`` in ``on_shutdown``).
+  A stream of one job (``job_id=``) also ends once the job is over, after its last line (as ``kubectl logs
+  -f`` ends with its pod): the agent reports a job's outcome after every line the job printed, so once the
+  store says the job is finished, one last read from the database finds them all.
 
 No gap and no duplicate between backlog and live entries: a stream subscribes *before* it reads the backlog,
 so an entry stored meanwhile is in the backlog, in the queue or in both, and the stream never sends an entry
@@ -27,9 +30,10 @@ from aiohttp import web
 from aiohttp_sse import EventSourceResponse, sse_response
 
 from coordinator import keys
+from coordinator.store.base import Store
 from coordinator.store.logs import PAGE, LogEntry, LogFilter, LogStore, log_entries
 from shared.http import dumps
-from shared.models import AgentEvent
+from shared.models import TERMINAL_JOB_STATUSES, AgentEvent, JobEvent
 
 log = structlog.get_logger(__name__)
 
@@ -45,6 +49,8 @@ class Follower:
         self.overflowed = False
         """The queue was dropped: the stream must catch up from the database."""
         self.closed = False
+        self.finished_jobs: set[str] = set()
+        """Jobs of this runner whose outcome arrived since the stream began."""
 
     def push(self, entries: list[LogEntry]) -> None:
         if self.closed or self.overflowed:
@@ -70,6 +76,10 @@ class Follower:
         self.closed = True
         self._wake.set()
 
+    def job_finished(self, job_id: str) -> None:
+        self.finished_jobs.add(job_id)
+        self._wake.set()
+
 
 class LogFeed:
     def __init__(self, queue_limit: int) -> None:
@@ -90,6 +100,10 @@ class LogFeed:
         if entries:
             for follower in followers:
                 follower.push(entries)
+        for event in events:
+            if isinstance(event, JobEvent) and event.final and event.status in TERMINAL_JOB_STATUSES:
+                for follower in followers:
+                    follower.job_finished(event.job_id)
 
     def follow(self, runner_id: str) -> Follower:
         follower = Follower(runner_id, self.queue_limit)
@@ -139,7 +153,8 @@ async def follow(
     follower = feed.follow(runner_id)  # before the backlog is read: see the module docstring
     try:
         async with sse_response(request, sep="\n", ping_interval=keepalive) as response:
-            stream = _Stream(response, follower, LogStore.of(request.app[keys.STORE]), runner_id, where)
+            store = request.app[keys.STORE]
+            stream = _Stream(response, follower, LogStore.of(store), store, runner_id, where)
             with contextlib.suppress(ConnectionResetError):  # the client went away mid-write
                 await stream.backlog(start)
                 await stream.live(request, keepalive)
@@ -150,9 +165,16 @@ async def follow(
 
 class _Stream:
     def __init__(
-        self, response: EventSourceResponse, follower: Follower, store: LogStore, runner_id: str, where: LogFilter
+        self,
+        response: EventSourceResponse,
+        follower: Follower,
+        store: LogStore,
+        jobs: Store,
+        runner_id: str,
+        where: LogFilter,
     ) -> None:
         self._response = response
+        self._store_of_jobs = jobs
         self._follower = follower
         self._store = store
         self._runner_id = runner_id
@@ -169,9 +191,13 @@ class _Stream:
         await self._send(page.entries)
 
     async def live(self, request: web.Request, keepalive: float) -> None:
+        entries: list[LogEntry] = []
         while not self._follower.closed and self._response.is_connected():
             transport = request.transport
             if transport is None or transport.is_closing():
+                return
+            if await self._job_over(ask_store=not entries):
+                await self._catch_up()
                 return
             entries = await self._follower.take(keepalive)
             if self._follower.overflowed:
@@ -180,6 +206,19 @@ class _Stream:
                 await self._catch_up()
             else:
                 await self._send(entries)
+
+    async def _job_over(self, ask_store: bool) -> bool:
+        """Following one job: whether it has finished (told by the feed, else read from the store; a job the
+        coordinator itself cancelled while holding it is only seen in the store, at the next keep-alive)."""
+        job_id = self._where.job_id
+        if job_id is None:
+            return False
+        if job_id in self._follower.finished_jobs:
+            return True
+        if not ask_store:  # entries are flowing: the feed will say when the job ends
+            return False
+        job = await self._store_of_jobs.get_job(job_id)
+        return job is None or job.runner_id != self._runner_id or job.status in TERMINAL_JOB_STATUSES
 
     async def _catch_up(self) -> None:
         while not self._follower.closed:

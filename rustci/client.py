@@ -15,6 +15,7 @@ field without a round trip. Network failures raise ``requests.RequestException``
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from types import TracebackType
@@ -24,7 +25,7 @@ from urllib.parse import quote
 import requests
 from pydantic import BaseModel, ValidationError
 
-from shared.errors import InternalError, InvalidRequest, from_envelope
+from shared.errors import InternalError, InvalidRequest, JobNotFound, RunnerNotFound, from_envelope
 from shared.models import (
     TERMINAL_JOB_STATUSES,
     BulkRequest,
@@ -96,7 +97,9 @@ class RustCIClient:
     """A client for ``<base_url>/api``.
 
     Credentials: ``api_key`` is sent as ``X-API-Key``; ``token`` (a JWT from ``rustci-coordinator token``) as
-    ``Authorization: Bearer``. ``timeout`` bounds each request, in seconds.
+    ``Authorization: Bearer``. ``timeout`` bounds each request, in seconds. ``ca_file`` (default
+    ``$RUSTCI_CA_FILE``) is a PEM bundle that verifies an ``https`` coordinator signed by a private CA;
+    ``insecure_skip_tls_verify`` turns verification off (tests and emergencies only).
     """
 
     def __init__(
@@ -106,6 +109,8 @@ class RustCIClient:
         timeout: float = 30.0,
         *,
         token: str | None = None,
+        ca_file: str | None = None,
+        insecure_skip_tls_verify: bool = False,
     ) -> None:
         base = base_url.rstrip("/")
         self.base_url = base.removesuffix("/api")
@@ -113,6 +118,8 @@ class RustCIClient:
         self.timeout = timeout
         self.session = requests.Session()
         self.session.headers["Accept"] = "application/json"
+        ca_file = ca_file or os.environ.get("RUSTCI_CA_FILE") or None
+        self.session.verify = False if insecure_skip_tls_verify else (ca_file or True)
         if api_key:
             self.session.headers["X-API-Key"] = api_key
         if token:
@@ -245,18 +252,24 @@ class RustCIClient:
         job_id: str | None = None,
         step: str | None = None,
         idle_timeout: float | None = None,
+        after_seq: int | None = None,
     ) -> Iterator[dict[str, Any]]:
         """Log entries as they are stored (``follow=true``, Server-Sent Events), until the server ends the stream.
 
         Blocks between entries; stop by breaking out of the loop (the connection is closed then). With
         ``idle_timeout``, a stream silent for that long (keep-alives count as traffic) raises
         ``requests.ConnectionError``; keep it above the coordinator's ``log_stream.keepalive_interval``.
+        With ``after_seq`` the stream starts after that entry (``Last-Event-ID``; ``0``: from the first), not
+        with the last page. Following one ``job_id``, the stream ends after the job's last line once it is over.
         """
         options = {"since": since, "level": level, "job_id": job_id, "step": step, "follow": "true"}
+        headers = {"Accept": "text/event-stream"}
+        if after_seq is not None:
+            headers["Last-Event-ID"] = str(after_seq)
         with self.session.get(
             f"{self.api_url}/runners/{_segment(runner_id)}/logs",
             params={k: v for k, v in options.items() if v is not None},
-            headers={"Accept": "text/event-stream"},
+            headers=headers,
             stream=True,
             timeout=(self.timeout, idle_timeout),
         ) as response:
@@ -268,13 +281,10 @@ class RustCIClient:
                 raise from_envelope(response.status_code, body)
             yield from _log_events(response.iter_lines(decode_unicode=True))
 
-    def bulk(
-        self, operation: str, filters: Mapping[str, Any] | None = None, data: Mapping[str, Any] | None = None
-    ) -> dict[str, Any]:
-        """``operation`` (update_config, start, stop, restart, delete) on every runner matching ``filters``."""
-        request: dict[str, Any] = {"operation": operation}
-        if filters is not None:
-            request["filters"] = dict(filters)
+    def bulk(self, operation: str, filters: Mapping[str, Any], data: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """``operation`` (update_config, start, stop, restart, delete) on every runner matching ``filters``
+        (``status``, ``type``, ``tags``); ``{}`` is every runner."""
+        request: dict[str, Any] = {"operation": operation, "filters": dict(filters)}
         if data is not None:
             request["data"] = dict(data)
         return self.request("POST", "/runners/bulk", json_body=_validated(BulkRequest, request))
@@ -295,6 +305,21 @@ class RustCIClient:
 
     def cancel_job(self, runner_id: str, job_id: str) -> dict[str, Any]:
         return self.request("POST", f"/runners/{_segment(runner_id)}/jobs/{_segment(job_id)}/cancel")
+
+    def find_job(self, job_id: str) -> dict[str, Any]:
+        """The job's details, wherever it runs: the API addresses jobs per runner, so this asks each registered
+        runner in turn (one request per runner; fine for fleets of hundreds). ``JobNotFound`` when none has it."""
+        offset = 0
+        while True:
+            page = self.list_runners(limit=100, offset=offset)
+            for runner in page.get("runners", []):
+                try:
+                    return self.get_job(runner["id"], job_id)
+                except (JobNotFound, RunnerNotFound):
+                    continue
+            if not page.get("has_more"):
+                raise JobNotFound(job_id)
+            offset += len(page.get("runners", []))
 
     def wait_for_job(self, runner_id: str, job_id: str, timeout: float = 300.0) -> dict[str, Any]:
         """Poll the job until it is completed, failed, timed out or cancelled; ``JobWaitTimeout`` after ``timeout``."""

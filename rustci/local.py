@@ -436,6 +436,8 @@ class Launcher:
         runner_id = runner["id"]
         pids = ", ".join(f"{child.name} pid {child.pid}" for child in self.children)
         job = '{"name": "hello", "steps": [{"name": "greet", "run": "echo Hello"}]}'
+        base = url.removesuffix("/api")
+        url_flag = "" if base == "http://localhost:8080" else f" --url {base}"
         lines = [
             "",
             "RustCI Runner is up: a coordinator and one local agent. Press Ctrl-C to stop both.",
@@ -448,7 +450,11 @@ class Launcher:
             f"  Processes:      {pids}",
             f"  State:          {self.plan.coordinator.state_dir}, {self.plan.agent.state_dir}",
             "",
-            "Try:",
+            "Try (the CLI finds the key in .rustci/ when run from this directory):",
+            f"  .venv/bin/rustci{url_flag} runners list",
+            f"  .venv/bin/rustci{url_flag} jobs submit --runner {runner_id} --name hello \\",
+            "       --step greet='echo Hello' --wait",
+            "or with curl:",
             f'  curl -H "X-API-Key: {api_key}" {url}/runners',
             f'  curl -X POST -H "X-API-Key: {api_key}" -H "Content-Type: application/json" \\',
             f"       -d '{job}' {url}/runners/{runner_id}/jobs",

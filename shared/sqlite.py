@@ -30,6 +30,8 @@ class Database:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sqlite:{path.name}")
         self._conn: sqlite3.Connection | None = None
         self._closed = False
+        self.errors = 0
+        """Operations that failed with a storage error (not a constraint violation) since start, for metrics."""
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -76,19 +78,31 @@ class Database:
     def _call(self, operation: Callable[[sqlite3.Connection], T]) -> T:
         if self._conn is None:
             raise RuntimeError(f"database {self.path} is not open")
-        return operation(self._conn)
+        try:
+            return operation(self._conn)
+        except sqlite3.IntegrityError:
+            raise
+        except sqlite3.Error:
+            self.errors += 1  # only ever on the database thread
+            raise
 
     def _transact(self, operation: Callable[[sqlite3.Connection], T]) -> T:
         conn = self._conn
         if conn is None:
             raise RuntimeError(f"database {self.path} is not open")
-        conn.execute("BEGIN IMMEDIATE")
         try:
-            result = operation(conn)
-        except BaseException:
-            conn.execute("ROLLBACK")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = operation(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        except sqlite3.IntegrityError:
             raise
-        conn.execute("COMMIT")
+        except sqlite3.Error:
+            self.errors += 1  # only ever on the database thread
+            raise
         return result
 
     async def close(self) -> None:

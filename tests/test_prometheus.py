@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import aiohttp
+import pytest
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
@@ -61,10 +62,12 @@ async def test_coordinator_metrics_after_two_completed_jobs_and_one_failed(
 
     samples = await scrape(f"{coordinator.url}/metrics")
 
-    # Read from the store at scrape time.
-    assert value(samples, "rustci_jobs", status="completed") == 2
-    assert value(samples, "rustci_jobs", status="failed") == 1
-    assert value(samples, "rustci_jobs", status="queued") == 0
+    # Read from the store at scrape time: open jobs now (none), finished ones counted as they finished.
+    assert {s.labels["status"]: s.value for s in samples if s.name == "rustci_jobs"} == {"queued": 0, "running": 0}
+    assert value(samples, "rustci_jobs_finished_total", status="completed") == 2
+    assert value(samples, "rustci_jobs_finished_total", status="failed") == 1
+    assert value(samples, "rustci_jobs_finished_total", status="timed_out") == 0
+    assert value(samples, "rustci_storage_errors_total") == 0
     assert value(samples, "rustci_runners", status="active", type="native") == 1
     assert value(samples, "rustci_runners", status="inactive", type="native") == 0
     # Observed once per job, when its terminal event was applied.
@@ -221,3 +224,62 @@ async def test_agent_spool_heartbeat_failures_and_drops_while_the_coordinator_is
     assert events >= 1
     assert value(samples, "rustci_agent_spool_events") == events
     assert value(samples, "rustci_agent_spool_bytes") == size
+
+
+# --- what both daemons share -----------------------------------------------------------------------------------
+
+
+async def test_both_daemons_serve_process_python_and_build_info_and_no_created_series(
+    coordinator: CoordinatorHandle, start_agent: StartAgent
+) -> None:
+    agent = await start_agent()
+    for component, url in (("coordinator", coordinator.url), ("agent", f"http://127.0.0.1:{agent.port}")):
+        samples = await scrape(f"{url}/metrics")
+        names = {s.name for s in samples}
+        assert value(samples, "process_resident_memory_bytes") > 0, component
+        assert value(samples, "process_open_fds") > 0
+        assert "python_info" in names and "python_gc_collections_total" in names
+        build = [s for s in samples if s.name == "rustci_build_info"]
+        assert len(build) == 1 and build[0].value == 1
+        assert build[0].labels["component"] == component and build[0].labels["version"]
+        assert not [name for name in names if name.endswith("_created")], component
+
+
+async def test_open_jobs_gauge_says_what_runs_now(coordinator: CoordinatorHandle, start_agent: StartAgent) -> None:
+    agent = await start_agent(max_concurrent_jobs=1)
+    runner_id = agent.identity().runner_id
+    job_ids = []
+    for n in range(2):
+        code, body = await coordinator.api.post(
+            f"/runners/{runner_id}/jobs", {"name": f"slow-{n}", "steps": [{"name": "s", "run": "sleep 30"}]}
+        )
+        assert code == 201, body
+        job_ids.append(body["job_id"])
+    await coordinator.api.wait_job(runner_id, job_ids[0], {"running"})
+    samples = await scrape(f"{coordinator.url}/metrics")
+    assert value(samples, "rustci_jobs", status="running") == 1
+    assert value(samples, "rustci_jobs", status="queued") == 1
+    for job_id in job_ids:
+        await coordinator.api.post(f"/runners/{runner_id}/jobs/{job_id}/cancel")
+        await coordinator.api.wait_job(runner_id, job_id, {"cancelled"})
+    samples = await scrape(f"{coordinator.url}/metrics")
+    assert value(samples, "rustci_jobs", status="running") == 0 and value(samples, "rustci_jobs", status="queued") == 0
+
+
+async def test_storage_errors_are_counted_and_constraint_violations_are_not(tmp_path: Any) -> None:
+    from shared.sqlite import Database
+
+    db = Database(tmp_path / "t.db", ["CREATE TABLE t (id INTEGER PRIMARY KEY)"])
+    await db.open()
+    try:
+        await db.run(lambda conn: conn.execute("INSERT INTO t VALUES (1)"))
+        with pytest.raises(sqlite3.IntegrityError):
+            await db.run(lambda conn: conn.execute("INSERT INTO t VALUES (1)"))
+        assert db.errors == 0
+        with pytest.raises(sqlite3.OperationalError):
+            await db.read(lambda conn: conn.execute("SELECT * FROM missing"))
+        with pytest.raises(sqlite3.OperationalError):
+            await db.run(lambda conn: conn.execute("INSERT INTO missing VALUES (1)"))
+        assert db.errors == 2
+    finally:
+        await db.close()

@@ -1,6 +1,7 @@
 """``POST /runners/bulk``: one operation on every runner matching the filters, concurrently with a bound.
 
-Each runner's outcome is reported on its own; one unreachable runner never fails the others.
+Each runner's outcome is reported on its own; one unreachable runner never fails the others. ``filters`` is
+required (an explicit ``{}`` selects every runner), so a body that forgets it never deletes the fleet.
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ async def bulk(request: web.Request) -> web.Response:
     elif body.operation == "delete" and set(data) - {"force"}:
         raise InvalidRequest("delete takes only 'force' in 'data'", field="data")
 
+    # Required, so that no request acts on the whole fleet by leaving something out: {} is every runner.
+    if "filters" not in body.model_fields_set:
+        raise InvalidRequest("'filters' is required: the runners to act on ({} for every runner)", field="filters")
     filters = RunnerFilter(status=body.filters.status, type=body.filters.type, tags=list(body.filters.tags))
     runners, _ = await request.app[keys.STORE].list_runners(filters, None, 0)
     gate = asyncio.Semaphore(CONCURRENCY)

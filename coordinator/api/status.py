@@ -22,6 +22,7 @@ from coordinator.store.metrics import SCALE, SERIES, History
 from shared.errors import ApiError
 from shared.http import json_response, query_choice
 from shared.models import (
+    CurrentLoad,
     HealthCheck,
     MetricPoint,
     MetricsSummary,
@@ -59,6 +60,8 @@ def _uses_docker(runner: RunnerRecord) -> bool:
 async def runner_status(request: web.Request) -> web.Response:
     runner = await get_runner_or_404(request)
     answer = await _ask_agent(request, runner, "/status")
+    # Jobs the coordinator still holds (agent away, runner stopped) are queued too, though no agent counts them.
+    held = await request.app[keys.STORE].held_job_count(runner.id)
     last_heartbeat = from_epoch(runner.last_heartbeat) if runner.last_heartbeat is not None else None
     live: RunnerStatusView | None = None
     if not isinstance(answer, ApiError):
@@ -72,7 +75,7 @@ async def runner_status(request: web.Request) -> web.Response:
             status="inactive",
             health="unhealthy",
             last_heartbeat=last_heartbeat,
-            current_load=runner.load,
+            current_load=_with_held(runner.load, held),
             capabilities_status={name: "unavailable" for name in runner.capabilities},
         )
     else:
@@ -83,12 +86,16 @@ async def runner_status(request: web.Request) -> web.Response:
             status=live.status,
             health=live.health,
             last_heartbeat=last_heartbeat,
-            current_load=live.current_load,
+            current_load=_with_held(live.current_load, held),
             capabilities_status={
                 name: live.capabilities_status.get(name, "unavailable") for name in runner.capabilities
             },
         )
     return json_response(view)
+
+
+def _with_held(load: CurrentLoad, held: int) -> CurrentLoad:
+    return load.model_copy(update={"queued_jobs": load.queued_jobs + held})
 
 
 # --- health ------------------------------------------------------------------------------------------------

@@ -367,14 +367,19 @@ class MetricsStore:
     # --- what the Prometheus collector and counters read ---------------------------------------------------
 
     async def registry_counts(self) -> tuple[dict[tuple[str, str], int], dict[str, int]]:
-        """Runners by (status, type) and jobs by status, counted now."""
+        """Runners by (status, type) and open jobs (queued, running) by status, counted now."""
 
         def op(conn: sqlite3.Connection) -> tuple[dict[tuple[str, str], int], dict[str, int]]:
             runners = {
                 (str(r[0]), str(r[1])): int(r[2])
                 for r in conn.execute("SELECT status, type, COUNT(*) FROM runners GROUP BY status, type")
             }
-            jobs = {str(r[0]): int(r[1]) for r in conn.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status")}
+            jobs = {
+                str(r[0]): int(r[1])
+                for r in conn.execute(
+                    "SELECT status, COUNT(*) FROM jobs WHERE status IN ('queued', 'running') GROUP BY status"
+                )
+            }
             return runners, jobs
 
         return await self.db.read(op)

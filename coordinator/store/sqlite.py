@@ -341,6 +341,15 @@ class SqliteStore:
 
         return await self.db.run(op)
 
+    async def held_job_count(self, runner_id: str) -> int:
+        def op(conn: sqlite3.Connection) -> int:
+            row = conn.execute(
+                "SELECT COUNT(*) FROM jobs WHERE runner_id = ? AND delivered = 0 AND status = 'queued'", (runner_id,)
+            ).fetchone()
+            return int(row[0])
+
+        return await self.db.read(op)
+
     async def open_job_count(self, runner_id: str) -> int:
         def op(conn: sqlite3.Connection) -> int:
             row = conn.execute(

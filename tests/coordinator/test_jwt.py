@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import time
@@ -59,18 +60,67 @@ async def test_bad_tokens_are_refused(coordinator: CoordinatorHandle) -> None:
         assert "token" in error["message"], name
 
 
-def test_token_command_prints_a_verifiable_token(tmp_path: Path) -> None:
-    state = tmp_path / "state"
-    done = subprocess.run(
-        [sys.executable, "-m", "coordinator", "token", "--subject", "ci-bot", "--role", "viewer", "--ttl", "120"],
+def _token_command(state: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "coordinator",
+            "token",
+            "--subject",
+            "ci-bot",
+            "--role",
+            "viewer",
+            "--ttl",
+            "120",
+            *extra,
+        ],
         cwd=REPO,
         env={"RUSTCI_STATE_DIR": str(state), "PATH": "/usr/bin:/bin"},
         capture_output=True,
         text=True,
         timeout=60,
-        check=True,
+        check=False,
     )
+
+
+async def test_token_command_signs_with_the_running_coordinators_secret(
+    coordinator: CoordinatorHandle, tmp_path: Path
+) -> None:
+    # The same state directory as the coordinator: the token is one it accepts.
+    done = await asyncio.to_thread(_token_command, coordinator.config.state_dir)
+    assert done.returncode == 0, done.stderr
     token = done.stdout.strip()
-    secret = (state / "jwt-secret").read_text().strip()
+    secret = (coordinator.config.state_dir / "jwt-secret").read_text().strip()
     assert tokens.verify(secret, token) == ("ci-bot", "viewer")
-    assert (state / "jwt-secret").stat().st_mode & 0o777 == 0o600
+    status, _ = await coordinator.client(None).get("/runners", headers={"Authorization": f"Bearer {token}"})
+    assert status == 200
+    # The state directory can come from the config file, as it does for the daemon.
+    config = tmp_path / "coordinator.yaml"
+    config.write_text(f"state_dir: {coordinator.config.state_dir}\n")
+    from_file = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "coordinator", "-c", str(config), "token", "--subject", "x"],
+        cwd=REPO,
+        env={"PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert from_file.returncode == 0, from_file.stderr
+    assert tokens.verify(secret, from_file.stdout.strip())[0] == "x"
+
+
+def test_token_command_refuses_to_create_keys(tmp_path: Path) -> None:
+    missing = tmp_path / "elsewhere"
+    done = _token_command(missing)
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.count("\n") == 1 and "no coordinator state directory at" in done.stderr
+    assert not missing.exists()
+    # A directory that is not a coordinator's state: nothing is written into it either.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    done = _token_command(empty)
+    assert done.returncode == 1 and "jwt-secret does not exist" in done.stderr and "no key was created" in done.stderr
+    assert list(empty.iterdir()) == []

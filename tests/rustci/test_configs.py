@@ -97,7 +97,7 @@ def _seconds(value: str) -> float:
 def test_agent_unit_outlasts_the_agents_own_shutdown() -> None:
     unit = _unit("rustci-agent.service")
     defaults = agent_config.AgentConfig()
-    assert unit["Type"] == ["simple"]
+    assert unit["Type"] == ["notify"] and unit["NotifyAccess"] == ["main"]
     assert unit["KillMode"] == ["mixed"]
     assert unit["KillSignal"] == ["SIGTERM"]
     assert unit["Restart"] == ["on-failure"]
@@ -110,7 +110,7 @@ def test_agent_unit_outlasts_the_agents_own_shutdown() -> None:
 
 def test_coordinator_unit() -> None:
     unit = _unit("rustci-coordinator.service")
-    assert unit["Type"] == ["simple"]
+    assert unit["Type"] == ["notify"] and unit["NotifyAccess"] == ["main"]
     assert unit["KillSignal"] == ["SIGTERM"]
     assert unit["Restart"] == ["on-failure"]
     assert unit["ExecStart"][0].endswith("/bin/rustci-coordinator -c /etc/rustci/coordinator.yaml")

@@ -166,9 +166,9 @@ async def test_up_then_sigterm_then_up_again_keeps_key_and_runner(launch: StartL
     # The generated key is the one kept in the coordinator's state directory.
     assert (state / "coordinator" / "admin-api-key").read_text().strip() == banner.api_key
 
-    # The CLI prints JSON with the same URL and key.
+    # The CLI, asked for JSON, answers with the same URL and key.
     cli_env = {**os.environ, "RUSTCI_URL": f"http://127.0.0.1:{port}", "RUSTCI_API_KEY": banner.api_key}
-    argv = [sys.executable, "-m", "rustci", "runners", "list"]
+    argv = [sys.executable, "-m", "rustci", "runners", "list", "-o", "json"]
     listed = await asyncio.to_thread(subprocess.run, argv, cwd=REPO, env=cli_env, capture_output=True, timeout=30)
     assert listed.returncode == 0, listed.stderr
     assert [r["id"] for r in json.loads(listed.stdout)["runners"]] == [banner.runner_id]
