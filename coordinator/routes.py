@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from coordinator import audit, tickets
 from coordinator.api import agents, bulk, control, docs, health, jobs, logs, runners, status, stream
 
 
@@ -13,6 +14,8 @@ def setup_routes(app: web.Application) -> None:
     r.add_get("/api/health", health.liveness)
     r.add_get("/api/openapi.json", docs.openapi_document)
     r.add_get("/metrics", status.prometheus)
+    r.add_post("/api/tickets", tickets.create_ticket)
+    r.add_get("/api/audit", audit.list_audit)
     r.add_post("/api/runners/register", runners.register)
     r.add_get("/api/runners/ws", stream.runner_updates)
     r.add_post("/api/runners/bulk", bulk.bulk)
@@ -35,4 +38,5 @@ def setup_routes(app: web.Application) -> None:
     # Agent → coordinator channel.
     r.add_post("/api/runners/{runner_id}/heartbeat", agents.heartbeat)
     r.add_post("/api/runners/{runner_id}/events", agents.ingest_events)
+    r.add_post("/api/runners/{runner_id}/announce", runners.update_runner)  # the agent re-announcing itself
     r.add_get("/api/runners/{runner_id}/logs", logs.get_logs)

@@ -10,6 +10,7 @@ from pathlib import Path
 import jwt
 
 from coordinator import tokens
+from coordinator.config import Jwt
 from tests.conftest import CoordinatorHandle
 from tests.helpers import REPO, assert_error, registration
 
@@ -72,5 +73,5 @@ def test_token_command_prints_a_verifiable_token(tmp_path: Path) -> None:
     )
     token = done.stdout.strip()
     secret = (state / "jwt-secret").read_text().strip()
-    assert tokens.verify(secret, token) == ("ci-bot", "viewer")
+    assert tokens.JwtVerifier(Jwt(), secret).verify(token) == ("ci-bot", "viewer")
     assert (state / "jwt-secret").stat().st_mode & 0o777 == 0o600
