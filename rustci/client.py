@@ -126,7 +126,9 @@ class RustCIClient:
         self.session = requests.Session()
         self.session.headers["Accept"] = "application/json"
         self.ca_file = ca_file or os.environ.get("RUSTCI_CA_FILE") or None
-        self.session.verify = False if insecure_skip_tls_verify else (self.ca_file or True)
+        # Passed on every request: a session-level setting would lose to REQUESTS_CA_BUNDLE in the environment.
+        self.verify: bool | str = False if insecure_skip_tls_verify else (self.ca_file or True)
+        self.session.verify = self.verify
         if api_key:
             self.session.headers["X-API-Key"] = api_key
         if token:
@@ -169,7 +171,12 @@ class RustCIClient:
         query = {k: v for k, v in (params or {}).items() if v is not None}
         with self._explained_tls():
             response = self.session.request(
-                method, self.api_url + path, params=query, json=json_body, timeout=timeout or self.timeout
+                method,
+                self.api_url + path,
+                params=query,
+                json=json_body,
+                timeout=timeout or self.timeout,
+                verify=self.verify,
             )
         try:
             body = response.json()
