@@ -18,6 +18,7 @@ from coordinator.middlewares import setup_middlewares
 from coordinator.proxy import AgentClient
 from coordinator.ratelimit import RateLimiter
 from coordinator.routes import setup_routes
+from coordinator.sealing import Sealer
 from coordinator.sse import setup_log_feed
 from coordinator.store.metrics import MetricsStore, Retention
 from coordinator.store.sqlite import SqliteStore
@@ -26,7 +27,8 @@ from shared.tasks import TaskSet
 
 
 async def _store(app: web.Application) -> AsyncIterator[None]:
-    store = SqliteStore(app[keys.CONFIG].database_path)
+    config = app[keys.CONFIG]
+    store = SqliteStore(config.database_path, Sealer.for_state_dir(config.state_dir))
     await store.open()
     app[keys.STORE] = store
     app[keys.ESTIMATOR] = Estimator(store)
