@@ -186,7 +186,7 @@ async def authenticate(
     if tokens.looks_like_jwt(secret) and credentials.jwt is not None:
         subject, role = credentials.jwt.verify(secret)
         return Principal(role, name=subject, kind="jwt")
-    if secret.startswith(ids.TOKEN_PREFIX):
+    if secret.startswith(ids.TOKEN_PREFIX) and secret.isascii():  # runner tokens are ASCII
         runner_id = request.match_info.get("runner_id")
         expected = await runner_token(runner_id) if runner_id else None
         if expected and same_secret(secret, expected):

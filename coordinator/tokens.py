@@ -46,7 +46,7 @@ def issue(
 
 
 def looks_like_jwt(token: str) -> bool:
-    return token.count(".") == 2 and token.startswith("eyJ")
+    return token.isascii() and token.count(".") == 2 and token.startswith("eyJ")
 
 
 def _put_claim(claims: dict[str, Any], path: str, value: Any) -> None:

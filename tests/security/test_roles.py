@@ -256,6 +256,8 @@ async def _raw_request(port: int, head: bytes) -> bytes:
         b"X-API-Key: \xc3\xa9",
         b"X-API-Key: test-admin-key-0123456789abcde\xc3\xa9",
         b"Authorization: Bearer \xc3\xa9t\xff",
+        b"Authorization: Bearer reg_token_\xc3\xa9\xff",
+        b"Authorization: Bearer eyJ\xc3\xa9.e30.\xff",
     ],
 )
 async def test_a_non_ascii_credential_is_a_401_on_both_daemons(
