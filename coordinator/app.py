@@ -86,7 +86,7 @@ async def _audit(app: web.Application) -> AsyncIterator[None]:
     store = app[keys.STORE]
     if not isinstance(store, SqliteStore):
         raise TypeError(f"the audit trail needs the SQLite store, not {type(store).__name__}")
-    app[keys.AUDIT] = trail = AuditLog(store.db)
+    app[keys.AUDIT] = trail = AuditLog(store.db, app[keys.CONFIG].audit.retention_days)
     await trail.start()
     yield
     await trail.close()

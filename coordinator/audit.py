@@ -9,13 +9,14 @@ traffic, and the runner's registration already names the runner.
 Entries are queued in memory and written in batches by one background task, so a recorded call does not wait
 for an extra transaction; :meth:`AuditLog.flush` (called before every read and at shutdown) writes what is queued.
 Readable by admins at ``GET /api/audit`` (newest first) with ``since``, ``until``, ``principal``, ``limit``,
-``offset``.
+``offset``. Entries older than ``audit.retention_days`` (default 365) are deleted, at start and hourly.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from dataclasses import dataclass
 
 import structlog
@@ -115,9 +116,13 @@ class Record:
         )
 
 
+PRUNE_INTERVAL = 3600.0
+
+
 class AuditLog:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, retention_days: float = 365.0) -> None:
         self._db = db
+        self._retention = retention_days * 86400
         self._queue: list[Record] = []
         self._wake = asyncio.Event()
         self._seen: set[str] = set()
@@ -131,6 +136,26 @@ class AuditLog:
 
         self._seen = await self._db.read(op)
         self._tasks.spawn(self._write_forever(), "writer")
+        self._tasks.spawn(self._prune_forever(), "retention")
+
+    async def prune(self, now: float | None = None) -> int:
+        """Delete the entries older than the retention; how many went."""
+        cutoff = (time.time() if now is None else now) - self._retention
+
+        def op(conn: sqlite3.Connection) -> int:
+            return conn.execute("DELETE FROM audit WHERE ts < ?", (cutoff,)).rowcount
+
+        return await self._db.run(op)
+
+    async def _prune_forever(self) -> None:
+        while True:
+            try:
+                removed = await self.prune()
+                if removed:
+                    log.info("audit entries past their retention deleted", count=removed)
+            except Exception as e:
+                log.error("audit retention failed; will retry", error=str(e))
+            await asyncio.sleep(PRUNE_INTERVAL)
 
     def record(self, record: Record) -> None:
         if len(self._queue) >= MAX_QUEUED:

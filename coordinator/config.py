@@ -178,6 +178,11 @@ class RateLimits(Settings):
     """``POST /runners/bulk``, per user (the credential that authenticated)."""
 
 
+class AuditSettings(Settings):
+    retention_days: float = Field(default=365.0, gt=0, le=3660)
+    """Audit entries older than this are deleted (checked at start and hourly)."""
+
+
 class CoordinatorConfig(Settings):
     listen: Listen = Field(default_factory=Listen)
     state_dir: Path = Path(".rustci/coordinator")
@@ -195,6 +200,7 @@ class CoordinatorConfig(Settings):
     """Largest request body accepted."""
     log: Log = Field(default_factory=Log)
     tls: Tls = Field(default_factory=Tls)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
     trusted_proxies: list[str] = Field(default_factory=list, max_length=1000)
     """Addresses or networks (``10.0.0.0/8``) of reverse proxies whose ``X-Forwarded-For`` is believed."""
 

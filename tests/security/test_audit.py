@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from coordinator import keys
 from coordinator.auth import key_hash
 from coordinator.client_address import TrustedProxies
 from tests.conftest import REGISTRATION_KEY, CoordinatorHandle, coordinator_config, running_coordinator
@@ -148,3 +150,14 @@ def test_the_client_address_rules() -> None:
     assert proxies.client("10.1.1.1", []) == "10.1.1.1"
     assert proxies.client("::1", ["2001:db8::1"]) == "2001:db8::1"
     assert TrustedProxies([]).client("10.1.1.1", ["203.0.113.9"]) == "10.1.1.1"
+
+
+async def test_entries_past_the_retention_are_deleted(coord: CoordinatorHandle) -> None:
+    assert coord.app is not None
+    trail = coord.app[keys.AUDIT]
+    await register_runner(coord.api)
+    before = (await _trail(coord))["total_count"]
+    assert before >= 2
+    assert await trail.prune(now=time.time() + 364 * 86400) == 0
+    assert await trail.prune(now=time.time() + 366 * 86400) == before
+    assert (await _trail(coord))["total_count"] == 0
