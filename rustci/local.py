@@ -169,6 +169,12 @@ def make_plan(options: Options, environ: Mapping[str, str]) -> Plan:
     agent = _settings(agent_config.AgentConfig, "agent.yaml", agent_config.ENV_OVERRIDES, agent_env)
     if agent.listen.port == 0:
         raise LaunchError("the agent needs a fixed port here: pass --agent-port", exit_code=2)
+    if coordinator.tls.enabled and agent.coordinator.ca_file is None and not agent.coordinator.insecure_skip_tls_verify:
+        raise LaunchError(
+            "the coordinator serves TLS (RUSTCI_TLS_CERT): set RUSTCI_CA_FILE to the CA that signed its certificate,"
+            " so the local agent can verify it",
+            exit_code=2,
+        )
 
     return Plan(
         coordinator=coordinator,

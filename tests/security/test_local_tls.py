@@ -63,3 +63,19 @@ async def test_local_up_over_verified_tls(tmp_path: Path, pki: Pki) -> None:
         assert await launched.exit_code() == 0, launched.stderr()
     finally:
         launched.kill_all()
+
+
+def test_local_up_with_a_certificate_but_no_ca_says_what_is_missing(tmp_path: Path, pki: Pki) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RUSTCI_")}
+    env.update({"RUSTCI_TLS_CERT": str(pki.cert_file), "RUSTCI_TLS_KEY": str(pki.key_file)})
+    argv = [sys.executable, "-m", "rustci", "local", "up", "--port", str(free_port()), "--agent-port", str(free_port())]
+    done = subprocess.run(
+        [*argv, "--state-dir", str(tmp_path / "state")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "RUSTCI_CA_FILE" in done.stderr and "Traceback" not in done.stderr
