@@ -36,7 +36,7 @@ async def auth_middleware(request: web.Request, handler: Any) -> web.StreamRespo
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token:
         raise AuthenticationRequired("The runner token is required as 'Authorization: Bearer <token>'")
-    if not hmac.compare_digest(token.strip(), identity.token):
+    if not hmac.compare_digest(token.strip().encode("utf-8", "surrogateescape"), identity.token.encode()):
         raise AuthorizationFailed("The token is not this runner's token")
     runner_id = request.match_info.get("runner_id")
     if runner_id != identity.runner_id:

@@ -14,6 +14,9 @@ from shared.models import MIN_MASKED_LENGTH, DockerConfig, EnvName, Label, Resou
 ENV_OVERRIDES = {
     "RUSTCI_COORDINATOR_URL": "coordinator.url",
     "RUSTCI_REGISTRATION_KEY": "coordinator.registration_key",
+    "RUSTCI_CA_FILE": "coordinator.ca_file",
+    "RUSTCI_CLIENT_CERT": "coordinator.client_cert_file",
+    "RUSTCI_CLIENT_KEY": "coordinator.client_key_file",
     "RUSTCI_RUNNER_NAME": "runner.name",
     "RUSTCI_AGENT_HOST": "listen.host",
     "RUSTCI_AGENT_PORT": "listen.port",
@@ -34,6 +37,20 @@ class CoordinatorLink(Settings):
     """Key presented to register the first time (the coordinator prints it; the admin API key also works)."""
     request_timeout: float = Field(default=10.0, gt=0, le=300)
     """Bound on each call to the coordinator."""
+    ca_file: Path | None = None
+    """PEM CA that signed the coordinator's certificate (``https://`` URLs); unset: the system's trust store."""
+    insecure_skip_tls_verify: bool = False
+    """Accept any certificate from the coordinator. Only for a test bench: anyone on the path can read the tokens."""
+    client_cert_file: Path | None = None
+    """PEM client certificate for a coordinator that requires mutual TLS (``tls.client_ca_file`` there)."""
+    client_key_file: Path | None = None
+    """PEM private key of ``client_cert_file``."""
+
+    @model_validator(mode="after")
+    def _client_pair(self) -> CoordinatorLink:
+        if (self.client_cert_file is None) != (self.client_key_file is None):
+            raise ValueError("coordinator.client_cert_file and coordinator.client_key_file go together")
+        return self
 
 
 class RunnerSettings(Settings):

@@ -1,11 +1,20 @@
-"""The agent's client to the coordinator: one keep-alive session, typed errors."""
+"""The agent's client to the coordinator: one keep-alive session, typed errors.
+
+Over ``https://`` the coordinator's certificate is verified against ``coordinator.ca_file`` (``RUSTCI_CA_FILE``)
+or the system's trust store, and never skipped unless ``coordinator.insecure_skip_tls_verify`` says so. Every
+connection of the session, the agent channel's WebSocket included, uses that one ``ssl.SSLContext``.
+"""
 
 from __future__ import annotations
 
+import ssl
+from pathlib import Path
 from typing import Any
 
 import aiohttp
+import structlog
 
+from agent.config import CoordinatorLink
 from shared.errors import ApiError, from_envelope
 from shared.http import dumps
 
@@ -14,16 +23,53 @@ class CoordinatorUnreachable(Exception):
     """The coordinator did not answer (refused, reset, timed out); worth retrying later."""
 
 
+class CoordinatorUntrusted(CoordinatorUnreachable):
+    """The coordinator's TLS certificate did not verify (wrong CA, wrong host name, expired)."""
+
+
+log = structlog.get_logger(__name__)
+
+
+def tls_context(
+    ca_file: Path | None = None,
+    insecure_skip_tls_verify: bool = False,
+    client_cert_file: Path | None = None,
+    client_key_file: Path | None = None,
+) -> ssl.SSLContext:
+    """How the agent verifies the coordinator (and, for mutual TLS, proves who it is)."""
+    context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if insecure_skip_tls_verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if client_cert_file is not None:
+        context.load_cert_chain(client_cert_file, client_key_file)
+    return context
+
+
 class CoordinatorClient:
-    def __init__(self, base_url: str, timeout: float) -> None:
+    def __init__(self, base_url: str, timeout: float, tls: ssl.SSLContext | None = None) -> None:
         self.base_url = base_url.rstrip("/") + "/api"
         self._timeout = timeout
+        self._tls = tls
         self._session: aiohttp.ClientSession | None = None
+
+    @classmethod
+    def for_link(cls, link: CoordinatorLink) -> CoordinatorClient:
+        tls = None
+        if link.url.startswith("https://"):
+            tls = tls_context(link.ca_file, link.insecure_skip_tls_verify, link.client_cert_file, link.client_key_file)
+            if link.insecure_skip_tls_verify:
+                log.warning(
+                    "coordinator.insecure_skip_tls_verify is set: the coordinator's certificate is not verified",
+                    url=link.url,
+                )
+        return cls(link.url, link.request_timeout, tls)
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self._timeout),
-            connector=aiohttp.TCPConnector(limit=8, keepalive_timeout=60),
+            connector=aiohttp.TCPConnector(limit=8, keepalive_timeout=60, ssl=self._tls if self._tls else True),
             json_serialize=dumps,
         )
 
@@ -47,5 +93,10 @@ class CoordinatorClient:
                 return data
         except ApiError:
             raise
+        except aiohttp.ClientConnectorCertificateError as e:
+            raise CoordinatorUntrusted(
+                f"{method} {path}: the coordinator's TLS certificate is not trusted ({e.certificate_error}); set "
+                "coordinator.ca_file (RUSTCI_CA_FILE) to the CA that signed it"
+            ) from e
         except (aiohttp.ClientError, TimeoutError, ValueError) as e:
             raise CoordinatorUnreachable(f"{method} {path}: {type(e).__name__}: {e}") from e

@@ -77,7 +77,7 @@ class Agent:
         self.config = config
         self.config_path = config_path
         self.store = AgentStore(config.state_dir / "agent.db")
-        self.client = CoordinatorClient(config.coordinator.url, config.coordinator.request_timeout)
+        self.client = CoordinatorClient.for_link(config.coordinator)
         self._identity: Identity | None = None
         self.outbox = Outbox(self.store, self.identity, spool_max_bytes=config.log_spool_max_bytes)
         self.metrics = AgentMetrics(config.metrics_buffer)
@@ -150,7 +150,9 @@ class Agent:
             "heartbeat_interval": self.config.heartbeat_interval,
         }
         try:
-            await self.client.call("PUT", f"/runners/{identity.runner_id}", identity.token, {"metadata": metadata})
+            await self.client.call(
+                "POST", f"/runners/{identity.runner_id}/announce", identity.token, {"metadata": metadata}
+            )
         except (CoordinatorUnreachable, ApiError) as e:
             log.warning("could not announce the new limits; the next start announces them", error=str(e))
 

@@ -77,7 +77,7 @@ async def _register_once(config: AgentConfig, client: CoordinatorClient, body: d
     if kept is not None:
         update = {k: body[k] for k in ("host", "port", "capabilities", "metadata", "tags", "resources")}
         try:
-            await client.call("PUT", f"/runners/{kept.runner_id}", kept.token, update)
+            await client.call("POST", f"/runners/{kept.runner_id}/announce", kept.token, update)
             log.info("runner identity reused", runner_id=kept.runner_id)
             return kept
         except (RunnerNotFound, AuthenticationRequired):

@@ -7,6 +7,8 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from coordinator import auth, keys, liveness
+from coordinator.audit import AuditLog
+from coordinator.client_address import TrustedProxies
 from coordinator.config import CoordinatorConfig
 from coordinator.dashboard.session import SessionTable
 from coordinator.dispatch import Dispatcher
@@ -17,14 +19,17 @@ from coordinator.middlewares import setup_middlewares
 from coordinator.proxy import AgentClient
 from coordinator.ratelimit import RateLimiter
 from coordinator.routes import setup_routes
+from coordinator.sealing import Sealer
 from coordinator.sse import setup_log_feed
 from coordinator.store.metrics import MetricsStore, Retention
 from coordinator.store.sqlite import SqliteStore
+from coordinator.tickets import TicketBook
 from shared.tasks import TaskSet
 
 
 async def _store(app: web.Application) -> AsyncIterator[None]:
-    store = SqliteStore(app[keys.CONFIG].database_path)
+    config = app[keys.CONFIG]
+    store = SqliteStore(config.database_path, Sealer.for_state_dir(config.state_dir))
     await store.open()
     app[keys.STORE] = store
     app[keys.ESTIMATOR] = Estimator(store)
@@ -78,18 +83,30 @@ async def _metric_history(app: web.Application) -> AsyncIterator[None]:
     await tasks.close()
 
 
+async def _audit(app: web.Application) -> AsyncIterator[None]:
+    store = app[keys.STORE]
+    if not isinstance(store, SqliteStore):
+        raise TypeError(f"the audit trail needs the SQLite store, not {type(store).__name__}")
+    app[keys.AUDIT] = trail = AuditLog(store.db, app[keys.CONFIG].audit.retention_days)
+    await trail.start()
+    yield
+    await trail.close()
+
+
 def make_app(config: CoordinatorConfig) -> web.Application:
     app = web.Application(client_max_size=config.max_body_bytes)
     app[keys.CONFIG] = config
     app[keys.CREDENTIALS] = auth.load_credentials(config)
     app[keys.RUNNER_TOKENS] = auth.TokenCache()
     app[keys.RATE_LIMITER] = RateLimiter(config.rate_limits)
+    app[keys.TICKETS] = TicketBook()
+    app[keys.TRUSTED_PROXIES] = TrustedProxies(config.trusted_proxies)
     app[keys.PROMETHEUS] = CoordinatorMetrics()
     app[keys.DASHBOARD_SESSIONS] = SessionTable(config.dashboard)
     setup_middlewares(app)
     setup_routes(app)
     setup_log_feed(app)
-    app.cleanup_ctx.extend([_store, _agents, _hub, _dispatcher, _background, _metric_history])
+    app.cleanup_ctx.extend([_store, _agents, _hub, _dispatcher, _background, _metric_history, _audit])
     # WebSocket clients are closed before the cleanup contexts unwind.
     app.on_shutdown.append(lambda a: a[keys.HUB].close())
     return app

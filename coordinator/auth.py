@@ -1,11 +1,13 @@
-"""Who is calling: the admin API key, a registration key, or a runner's own token.
+"""Who is calling: an API key (the admin key, the registration key or a named key), a JWT, a runner's own token,
+or a single-use ticket.
 
-One place decides; the middleware calls :func:`authenticate` and :func:`authorize` for every request, so the
-later roles/JWT work extends this module alone.
+One place decides who; :mod:`coordinator.access` decides what that principal may do on each route. Every
+comparison of a presented secret is constant-time, on bytes (a header that is not ASCII is simply not a match).
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import os
 import secrets
@@ -18,27 +20,56 @@ from typing import Literal
 from aiohttp import web
 
 from coordinator import tokens
-from coordinator.config import CoordinatorConfig
-from coordinator.dashboard import session as dashboard_session
+from coordinator.config import CoordinatorConfig, KeyRole
 from shared import ids
-from shared.errors import AuthenticationRequired, AuthorizationFailed
+from shared.errors import AuthenticationRequired
 
-Role = Literal["admin", "viewer", "registrar", "runner"]
-READ_METHODS = frozenset({"GET", "HEAD"})
+Role = Literal["admin", "operator", "viewer", "registrar", "runner"]
+Kind = Literal["key", "jwt", "runner"]
+ROLE_ORDER: tuple[Role, ...] = ("admin", "operator", "viewer", "registrar", "runner")
+
+ADMIN_KEY_NAME = "admin"
+REGISTRATION_KEY_NAME = "registration"
 
 
 @dataclass(frozen=True)
 class Principal:
     role: Role
     runner_id: str | None = None
-    name: str | None = None  # the ``sub`` of a JWT
+    name: str | None = None
+    """The key's name, or the ``sub`` of a JWT."""
+    kind: Kind = "key"
 
     @property
     def subject(self) -> str:
-        """Who this is, for per-user accounting (rate limits, logs)."""
+        """Who this is, for per-user accounting (rate limits, audit trail)."""
         if self.role == "runner":
             return f"runner:{self.runner_id}"
-        return f"user:{self.name}" if self.name else self.role
+        if self.kind == "jwt":
+            return f"user:{self.name}"
+        return f"key:{self.name}" if self.name else self.role
+
+
+def encoded(text: str) -> bytes:
+    """A header value as the bytes that came over the wire (aiohttp decodes them as UTF-8, surrogateescape)."""
+    return text.encode("utf-8", "surrogateescape")
+
+
+def same_secret(presented: str, expected: str) -> bool:
+    """Constant-time equality of two secrets, as bytes (never raises on non-ASCII input)."""
+    return hmac.compare_digest(encoded(presented), encoded(expected))
+
+
+def key_hash(key: str) -> str:
+    """The form a named key takes in the config: API keys are random 256-bit strings, so one SHA-256 suffices."""
+    return "sha256:" + hashlib.sha256(encoded(key)).hexdigest()
+
+
+@dataclass(frozen=True)
+class NamedKey:
+    name: str
+    role: KeyRole
+    digest: bytes
 
 
 @dataclass(frozen=True)
@@ -46,6 +77,8 @@ class Credentials:
     api_key: str
     registration_key: str
     jwt_secret: str
+    named_keys: tuple[NamedKey, ...] = ()
+    jwt: tokens.JwtVerifier | None = None
 
 
 def _kept_secret(path: Path, configured: str | None, make: str) -> str:
@@ -65,12 +98,17 @@ def _kept_secret(path: Path, configured: str | None, make: str) -> str:
 
 
 def load_credentials(config: CoordinatorConfig) -> Credentials:
+    jwt_secret = _kept_secret(config.state_dir / "jwt-secret", config.auth.jwt_secret, "jwt")
     return Credentials(
         api_key=_kept_secret(config.state_dir / "admin-api-key", config.auth.api_key, "api"),
         registration_key=_kept_secret(
             config.state_dir / "registration-key", config.auth.registration_key, "registration"
         ),
-        jwt_secret=_kept_secret(config.state_dir / "jwt-secret", config.auth.jwt_secret, "jwt"),
+        jwt_secret=jwt_secret,
+        named_keys=tuple(
+            NamedKey(key.name, key.role, bytes.fromhex(key.hash.removeprefix("sha256:"))) for key in config.auth.keys
+        ),
+        jwt=tokens.JwtVerifier(config.auth.jwt, jwt_secret),
     )
 
 
@@ -100,7 +138,8 @@ class TokenCache:
         self._tokens.pop(runner_id, None)
 
 
-def _presented(request: web.Request) -> str | None:
+def presented(request: web.Request) -> str | None:
+    """The credential in the headers: ``X-API-Key`` or ``Authorization: Bearer``."""
     key = request.headers.get("X-API-Key")
     if key:
         return key.strip()
@@ -108,10 +147,16 @@ def _presented(request: web.Request) -> str | None:
     scheme, _, value = header.partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
-    token = request.query.get("token")  # browsers cannot set headers on a WebSocket
-    if token and request.path.endswith("/ws"):
-        return token
     return None
+
+
+def _named_key(credentials: Credentials, key: str) -> NamedKey | None:
+    digest = hashlib.sha256(encoded(key)).digest()
+    found = None
+    for named in credentials.named_keys:  # every entry is compared: the time does not tell which matched
+        if hmac.compare_digest(digest, named.digest):
+            found = named
+    return found
 
 
 async def authenticate(
@@ -119,50 +164,34 @@ async def authenticate(
     credentials: Credentials,
     runner_token: Callable[[str], Awaitable[str | None]],
     token_owner: Callable[[str], Awaitable[str | None]],
+    secret: str | None = None,
 ) -> Principal:
-    """Identify the caller. ``runner_token`` gives the token of the runner the path names; ``token_owner``
-    finds which runner a token belongs to (so another runner's token is told apart from a wrong one)."""
-    presented = _presented(request)
-    if presented is None and (from_cookie := dashboard_session.principal(request)) is not None:
-        return from_cookie
-    if presented is None:
+    """Identify the caller by ``secret`` (default: the one in the headers). ``runner_token`` gives the token of
+    the runner the path names; ``token_owner`` finds which runner a token belongs to (so another runner's token
+    is told apart from a wrong one)."""
+    if secret is None:
+        secret = presented(request)
+    if secret is None:
         raise AuthenticationRequired(
             "Authentication required: send the API key in the X-API-Key header or a token as 'Authorization: Bearer'",
             header="X-API-Key",
         )
-    if hmac.compare_digest(presented, credentials.api_key):
-        return Principal("admin")
-    if hmac.compare_digest(presented, credentials.registration_key):
-        return Principal("registrar")
-    if tokens.looks_like_jwt(presented):
-        subject, role = tokens.verify(credentials.jwt_secret, presented)
-        return Principal(role, name=subject)
-    if presented.startswith(ids.TOKEN_PREFIX):
+    if same_secret(secret, credentials.api_key):
+        return Principal("admin", name=ADMIN_KEY_NAME)
+    if same_secret(secret, credentials.registration_key):
+        return Principal("registrar", name=REGISTRATION_KEY_NAME)
+    named = _named_key(credentials, secret)
+    if named is not None:
+        return Principal(named.role, name=named.name)
+    if tokens.looks_like_jwt(secret) and credentials.jwt is not None:
+        subject, role = credentials.jwt.verify(secret)
+        return Principal(role, name=subject, kind="jwt")
+    if secret.startswith(ids.TOKEN_PREFIX) and secret.isascii():  # runner tokens are ASCII
         runner_id = request.match_info.get("runner_id")
         expected = await runner_token(runner_id) if runner_id else None
-        if expected and hmac.compare_digest(presented, expected):
-            return Principal("runner", runner_id)
-        owner = await token_owner(presented)
+        if expected and same_secret(secret, expected):
+            return Principal("runner", runner_id, kind="runner")
+        owner = await token_owner(secret)
         if owner is not None:
-            return Principal("runner", owner)
+            return Principal("runner", owner, kind="runner")
     raise AuthenticationRequired("The API key or token is not valid", header="X-API-Key")
-
-
-def authorize(request: web.Request, principal: Principal) -> None:
-    """Admins may do anything; a registration key may only register; a runner only its own routes."""
-    if dashboard_session.open_to_all(request):  # sign-in, sign-out, whoami: the handlers decide
-        return
-    if principal.role == "admin":
-        return
-    if principal.role == "viewer":
-        if request.method in READ_METHODS:
-            return
-        raise AuthorizationFailed("A viewer token may only read; this call needs the admin role", method=request.method)
-    route = request.match_info.route.resource.canonical if request.match_info.route.resource else ""
-    if principal.role == "registrar":
-        if route == "/api/runners/register" and request.method == "POST":
-            return
-        raise AuthorizationFailed("A registration key may only register runners", route=route)
-    runner_id = request.match_info.get("runner_id")
-    if runner_id is None or runner_id != principal.runner_id:
-        raise AuthorizationFailed("A runner token may only be used for its own runner's routes", route=route)

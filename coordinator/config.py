@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from shared.config import Settings, load_settings
 
@@ -18,7 +20,17 @@ ENV_OVERRIDES = {
     "RUSTCI_LOG_LEVEL": "log.level",
     "RUSTCI_LOG_FORMAT": "log.format",
     "RUSTCI_RATE_LIMITS_ENABLED": "rate_limits.enabled",
+    "RUSTCI_TLS_CERT": "tls.cert_file",
+    "RUSTCI_TLS_KEY": "tls.key_file",
+    "RUSTCI_TLS_CLIENT_CA": "tls.client_ca_file",
+    "RUSTCI_TLS_ALLOW_PLAINTEXT": "tls.allow_plaintext",
 }
+
+KeyRole = Literal["admin", "operator", "viewer", "registrar"]
+"""The roles a named API key or a JWT can carry (runner tokens are the runners' own)."""
+KEY_ROLES: tuple[KeyRole, ...] = ("admin", "operator", "viewer", "registrar")
+JwtAlgorithm = Literal["HS256", "RS256", "ES256"]
+JWT_ALGORITHMS: tuple[JwtAlgorithm, ...] = ("HS256", "RS256", "ES256")
 
 
 class Listen(Settings):
@@ -28,6 +40,31 @@ class Listen(Settings):
     """TCP port of the API (``0`` picks a free one, for tests)."""
 
 
+class ApiKey(Settings):
+    """A named API key. Only its hash is kept here; ``rustci-coordinator key create`` prints both."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+    """Who holds it: shown in the audit trail and in per-user rate limits."""
+    role: KeyRole
+    hash: str = Field(pattern=r"^sha256:[0-9a-f]{64}$")
+    """``sha256:<hex>`` of the key."""
+
+
+class Jwt(Settings):
+    """How bearer JWTs are verified (``HS256`` with ``auth.jwt_secret``; ``RS256``/``ES256`` with a public key)."""
+
+    algorithms: list[JwtAlgorithm] = Field(default_factory=lambda: list(JWT_ALGORITHMS), min_length=1)
+    """Accepted signature algorithms; RS256 and ES256 also need ``public_key_file``."""
+    public_key_file: Path | None = None
+    """PEM public key (RSA for RS256, EC P-256 for ES256) of the issuer that signs tokens."""
+    issuer: str | None = "rustci-coordinator"
+    """Required ``iss``; ``null`` accepts any issuer."""
+    audience: str | None = None
+    """Required ``aud`` when set."""
+    role_claim: str = Field(default="role", min_length=1, max_length=200)
+    """Claim holding the role (a string or a list; dots reach into objects, e.g. ``realm_access.roles``)."""
+
+
 class Auth(Settings):
     api_key: str | None = Field(default=None, min_length=16)
     """The admin API key. Unset: generated on first start and kept in ``<state_dir>/admin-api-key``."""
@@ -35,6 +72,40 @@ class Auth(Settings):
     """The key agents present to register. Unset: generated and kept in ``<state_dir>/registration-key``."""
     jwt_secret: str | None = Field(default=None, min_length=32)
     """HS256 secret that signs bearer JWTs. Unset: generated and kept in ``<state_dir>/jwt-secret``."""
+    keys: list[ApiKey] = Field(default_factory=list, max_length=1000)
+    """Named API keys with roles (sent as ``X-API-Key`` like the admin key)."""
+    jwt: Jwt = Field(default_factory=Jwt)
+
+    @field_validator("keys")
+    @classmethod
+    def _unique_names(cls, keys: list[ApiKey]) -> list[ApiKey]:
+        names = [key.name for key in keys]
+        if len(set(names)) != len(names):
+            raise ValueError("every key needs its own name")
+        return keys
+
+
+class Tls(Settings):
+    cert_file: Path | None = None
+    """PEM certificate chain the API is served with (HTTPS, ``wss://``). Needs ``key_file``."""
+    key_file: Path | None = None
+    """PEM private key of ``cert_file``."""
+    client_ca_file: Path | None = None
+    """CA whose client certificates agents must present (mutual TLS for runner tokens and registration)."""
+    allow_plaintext: bool = False
+    """Serve plain HTTP on a non-loopback address (a warning is logged at every start)."""
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert_file is not None
+
+    @model_validator(mode="after")
+    def _pairs(self) -> Tls:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("tls.cert_file and tls.key_file go together")
+        if self.client_ca_file is not None and self.cert_file is None:
+            raise ValueError("tls.client_ca_file needs tls.cert_file and tls.key_file")
+        return self
 
 
 class Runners(Settings):
@@ -116,6 +187,11 @@ class RateLimits(Settings):
     """``POST /runners/bulk``, per user (the credential that authenticated)."""
 
 
+class AuditSettings(Settings):
+    retention_days: float = Field(default=365.0, gt=0, le=3660)
+    """Audit entries older than this are deleted (checked at start and hourly)."""
+
+
 class CoordinatorConfig(Settings):
     listen: Listen = Field(default_factory=Listen)
     state_dir: Path = Path(".rustci/coordinator")
@@ -133,10 +209,46 @@ class CoordinatorConfig(Settings):
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024, le=1024**3)
     """Largest request body accepted."""
     log: Log = Field(default_factory=Log)
+    tls: Tls = Field(default_factory=Tls)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
+    trusted_proxies: list[str] = Field(default_factory=list, max_length=1000)
+    """Addresses or networks (``10.0.0.0/8``) of reverse proxies whose ``X-Forwarded-For`` is believed."""
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, proxies: list[str]) -> list[str]:
+        for proxy in proxies:
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError as e:
+                raise ValueError(f"not an address or network: {proxy!r}") from e
+        return proxies
+
+    @model_validator(mode="after")
+    def _no_plaintext_off_loopback(self) -> CoordinatorConfig:
+        if not self.tls.enabled and not self.tls.allow_plaintext and not is_loopback(self.listen.host):
+            raise ValueError(
+                f"listen.host {self.listen.host!r} is not a loopback address: serve it with TLS "
+                "(tls.cert_file and tls.key_file) or set tls.allow_plaintext: true"
+            )
+        return self
+
+    @property
+    def plaintext_off_loopback(self) -> bool:
+        return not self.tls.enabled and not is_loopback(self.listen.host)
 
     @property
     def database_path(self) -> Path:
         return self.database or self.state_dir / "coordinator.db"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def load(path: Path | None) -> CoordinatorConfig:

@@ -13,10 +13,12 @@ store again; any doubt (a failure, a coordinator restart) falls back to scanning
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 
 import structlog
 
+from coordinator import sealing
 from coordinator.proxy import AgentClient
 from coordinator.store.base import JobRecord, RunnerRecord, Store
 from shared.errors import ApiError
@@ -94,6 +96,13 @@ class Dispatcher:
         return True
 
     async def _push(self, runner: RunnerRecord, job: JobRecord) -> bool:
+        undecryptable = sealing.still_sealed(job.spec)
+        if undecryptable:
+            # The state directory's secrets.key changed since the job was stored: never send a sealed value.
+            reason = f"masked variable(s) {', '.join(undecryptable)} cannot be decrypted (secrets.key changed)"
+            await self._store.cancel_held_job(job.id, reason, time.time())
+            log.error("job cancelled: its secrets cannot be decrypted", runner_id=runner.id, job_id=job.id)
+            return True
         assignment = JobAssignment(
             job_id=job.id, runner_id=runner.id, created_at=from_epoch(job.created_at), spec=job.spec
         )

@@ -7,7 +7,9 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 if TYPE_CHECKING:
+    from coordinator.audit import AuditLog
     from coordinator.auth import Credentials, Principal, TokenCache
+    from coordinator.client_address import TrustedProxies
     from coordinator.config import CoordinatorConfig
     from coordinator.dashboard.session import Session, SessionTable
     from coordinator.dispatch import Dispatcher
@@ -19,6 +21,7 @@ if TYPE_CHECKING:
     from coordinator.sse import LogFeed
     from coordinator.store.base import Store
     from coordinator.store.metrics import MetricsStore
+    from coordinator.tickets import TicketBook
 
 CONFIG: web.AppKey[CoordinatorConfig] = web.AppKey("config")
 CREDENTIALS: web.AppKey[Credentials] = web.AppKey("credentials")
@@ -32,6 +35,9 @@ LOG_FEED: web.AppKey[LogFeed] = web.AppKey("log_feed")
 PROMETHEUS: web.AppKey[CoordinatorMetrics] = web.AppKey("prometheus")
 METRICS_STORE: web.AppKey[MetricsStore] = web.AppKey("metrics_store")
 
+TICKETS: web.AppKey[TicketBook] = web.AppKey("tickets")
+AUDIT: web.AppKey[AuditLog] = web.AppKey("audit")
+TRUSTED_PROXIES: web.AppKey[TrustedProxies] = web.AppKey("trusted_proxies")
 RATE_LIMITER: web.AppKey[RateLimiter] = web.AppKey("rate_limiter")
 PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal")
 DASHBOARD_SESSIONS: web.AppKey[SessionTable] = web.AppKey("dashboard_sessions")

@@ -11,22 +11,48 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from coordinator import auth, keys, ratelimit
+from coordinator import access, audit, auth, keys, ratelimit, tickets
+from coordinator.client_address import client_address
 from coordinator.dashboard import assets
+from coordinator.dashboard import session as dashboard_session
 from shared import logs
+from shared.errors import ApiError, AuthenticationRequired
 from shared.http import error_middleware
 
 access_log = structlog.get_logger("coordinator.access")
 
-# Reachable without credentials: the liveness probe, the API description, the Prometheus scrape, the dashboard's files.
-PUBLIC_PATHS = frozenset({"/api/health", "/api/openapi.json", "/metrics"}) | assets.public_paths()
+AGENT_CREDENTIALS = frozenset({"runner", "registrar"})
+"""Roles whose calls need a client certificate when ``tls.client_ca_file`` is set (mutual TLS for agents)."""
+
+DASHBOARD_FILES = assets.public_paths()
+"""The dashboard's page and files: reachable without credentials (the page signs in through the API)."""
 
 
-@web.middleware
-async def auth_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-    if request.path in PUBLIC_PATHS or request.match_info.http_exception is not None:
-        response: web.StreamResponse = await handler(request)
-        return response
+async def _identify(request: web.Request, route: str) -> auth.Principal:
+    """The caller, from a header credential or a single-use ticket; a long-lived credential in the URL is refused."""
+    in_url = request.query.get("token")
+    if in_url is not None and not tickets.looks_like_ticket(in_url):
+        raise AuthenticationRequired(
+            "Credentials are not accepted in the URL (?token=): URLs end up in logs and browser histories. Send "
+            "X-API-Key or 'Authorization: Bearer', or get a single-use ticket from POST /api/tickets and pass "
+            "?ticket=",
+            parameter="token",
+        )
+    ticket = request.query.get("ticket") or in_url
+    if ticket:
+        if request.method not in ("GET", "HEAD") or route not in tickets.ROUTES:
+            raise AuthenticationRequired(
+                f"A ticket is accepted only to open a stream: {', '.join(sorted(tickets.ROUTES))}", parameter="ticket"
+            )
+        principal = request.app[keys.TICKETS].redeem(ticket)
+        if principal is None:
+            raise AuthenticationRequired(
+                "The ticket is unknown, already used or expired: get a new one from POST /api/tickets",
+                parameter="ticket",
+            )
+        return principal
+    if auth.presented(request) is None and (from_cookie := dashboard_session.principal(request)) is not None:
+        return from_cookie  # a dashboard session: the browser sends the cookie, never the credential
     store = request.app[keys.STORE]
     cache = request.app[keys.RUNNER_TOKENS]
 
@@ -40,11 +66,72 @@ async def auth_middleware(request: web.Request, handler: Any) -> web.StreamRespo
             cache.put(runner_id, token)
         return token
 
-    principal = await auth.authenticate(request, request.app[keys.CREDENTIALS], runner_token, store.token_owner)
-    auth.authorize(request, principal)
-    request[keys.PRINCIPAL] = principal
-    response = await handler(request)
-    return response
+    return await auth.authenticate(request, request.app[keys.CREDENTIALS], runner_token, store.token_owner)
+
+
+def _check_client_certificate(request: web.Request, principal: auth.Principal) -> None:
+    if principal.role not in AGENT_CREDENTIALS or request.app[keys.CONFIG].tls.client_ca_file is None:
+        return
+    transport = request.transport
+    if not (transport.get_extra_info("peercert") if transport is not None else None):
+        raise AuthenticationRequired(
+            "This credential is accepted only over mutual TLS: present a client certificate signed by the CA in "
+            "the coordinator's tls.client_ca_file",
+            credential=principal.role,
+        )
+
+
+def _record(request: web.Request, action: str, principal: auth.Principal | None, status: int) -> None:
+    request.app[keys.AUDIT].record(
+        audit.Record(
+            ts=time.time(),
+            principal=principal.subject if principal is not None else "anonymous",
+            role=principal.role if principal is not None else None,
+            client=client_address(request),
+            action=action,
+            method=request.method,
+            path=request.path,
+            runner_id=request.match_info.get("runner_id"),
+            job_id=request.match_info.get("job_id"),
+            status=status,
+            detail=request.get(audit.DETAIL),
+        )
+    )
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Authenticate, authorize against :data:`coordinator.access.ROUTES`, and keep the audit trail."""
+    route = access.route_of(request)
+    if (
+        request.match_info.http_exception is not None
+        or access.policy_for(request.method, route) is access.PUBLIC
+        or request.path in DASHBOARD_FILES
+    ):
+        response: web.StreamResponse = await handler(request)
+        return response
+    action = audit.ACTIONS.get((request.method, route))
+    principal: auth.Principal | None = None
+    status = 500
+    try:
+        principal = await _identify(request, route)
+        _check_client_certificate(request, principal)
+        access.authorize(request, principal)
+        request[keys.PRINCIPAL] = principal
+        if principal.role != "runner" and request.app[keys.AUDIT].first_use(principal.subject):
+            _record(request, audit.FIRST_USE, principal, 200)
+        response = await handler(request)
+        status = response.status
+        return response
+    except (ApiError, web.HTTPException) as e:
+        status = e.status
+        raise
+    except asyncio.CancelledError:
+        status = 499
+        raise
+    finally:
+        if action is not None:
+            _record(request, action, principal, status)
 
 
 @web.middleware

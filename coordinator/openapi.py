@@ -36,6 +36,8 @@ class Operation:
 
 
 LIMIT = Param("limit", "Maximum number of results", {"type": "integer", "minimum": 1, "maximum": m.MAX_LIST_LIMIT})
+SINCE = Param("since", "Start time (ISO 8601)", {"type": "string", "format": "date-time"})
+UNTIL = Param("until", "End time (ISO 8601)", {"type": "string", "format": "date-time"})
 OFFSET = Param("offset", "Pagination offset", {"type": "integer", "minimum": 0})
 
 OPERATIONS: tuple[Operation, ...] = (
@@ -80,13 +82,18 @@ OPERATIONS: tuple[Operation, ...] = (
         "Get runner logs (Server-Sent Events with follow=true or Accept: text/event-stream)",
         m.LogPage,
         params=(
-            Param("since", "Start time (ISO 8601)", {"type": "string", "format": "date-time"}),
-            Param("until", "End time (ISO 8601)", {"type": "string", "format": "date-time"}),
+            SINCE,
+            UNTIL,
             Param("level", "Minimum level", {"enum": list(m.LOG_LEVELS)}),
             Param("limit", "Maximum number of entries", {"type": "integer", "minimum": 1, "maximum": 10_000}),
             Param("follow", "Stream entries as they arrive", {"type": "boolean"}),
             Param("job_id", "Only this job's entries", {"type": "string"}),
             Param("step", "Only this step's entries", {"type": "string"}),
+            Param(
+                "ticket",
+                "Single-use ticket from POST /tickets, for clients that cannot send headers",
+                {"type": "string"},
+            ),
         ),
     ),
     Operation("post", "/runners/{runner_id}/jobs", "Submit a job", m.JobSubmitResponse, m.JobSubmission, 201),
@@ -110,6 +117,20 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("get", "/whoami", "Who the credential or dashboard session is", m.Identity),
     Operation("post", "/session", "Sign in to the dashboard: the credential becomes a session cookie", m.Identity),
     Operation("delete", "/session", "Sign out of the dashboard", m.Ok),
+    Operation("post", "/tickets", "Get a single-use ticket to open a stream", m.TicketResponse, status=201),
+    Operation(
+        "get",
+        "/audit",
+        "Read the audit trail, newest first (admins only)",
+        m.AuditList,
+        params=(
+            SINCE,
+            UNTIL,
+            Param("principal", "Only this principal (key:NAME, user:SUB, runner:ID)", {"type": "string"}),
+            LIMIT,
+            OFFSET,
+        ),
+    ),
 )
 
 ERROR_SCHEMA: dict[str, Any] = {

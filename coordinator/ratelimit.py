@@ -1,6 +1,6 @@
 """Rate limits of the public API, as the reference sets them, with the ``X-RateLimit-*`` headers.
 
-- registration: per client IP (``POST /runners/register``)
+- registration: per client IP (``POST /runners/register``; behind a trusted proxy, from ``X-Forwarded-For``)
 - status and health: per runner (``GET /runners/{id}/status``, ``GET /runners/{id}/health``)
 - job submission: per runner (``POST /runners/{id}/jobs``)
 - bulk operations: per user (``POST /runners/bulk``; the user is the credential that authenticated)
@@ -20,6 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from coordinator import keys
+from coordinator.client_address import client_address
 from coordinator.config import RateLimits
 from shared.errors import ApiError, RateLimitExceeded
 from shared.http import error_response
@@ -101,7 +102,7 @@ def _rules(settings: RateLimits) -> dict[tuple[str, str], Rule]:
 
 
 def _client_ip(request: web.Request) -> str:
-    return request.remote or "unknown"
+    return client_address(request)
 
 
 def _runner(request: web.Request) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from coordinator import audit, tickets
 from coordinator.api import agents, bulk, control, docs, health, jobs, logs, runners, status, stream
 from coordinator.dashboard import assets, session
 
@@ -20,6 +21,8 @@ def setup_routes(app: web.Application) -> None:
     r.add_post("/api/session", session.sign_in)
     r.add_delete("/api/session", session.sign_out)
     r.add_get("/api/whoami", session.whoami)
+    r.add_post("/api/tickets", tickets.create_ticket)
+    r.add_get("/api/audit", audit.list_audit)
     r.add_post("/api/runners/register", runners.register)
     r.add_get("/api/runners/ws", stream.runner_updates)
     r.add_post("/api/runners/bulk", bulk.bulk)
@@ -42,4 +45,5 @@ def setup_routes(app: web.Application) -> None:
     # Agent → coordinator channel.
     r.add_post("/api/runners/{runner_id}/heartbeat", agents.heartbeat)
     r.add_post("/api/runners/{runner_id}/events", agents.ingest_events)
+    r.add_post("/api/runners/{runner_id}/announce", runners.update_runner)  # the agent re-announcing itself
     r.add_get("/api/runners/{runner_id}/logs", logs.get_logs)

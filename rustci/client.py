@@ -14,6 +14,7 @@ field without a round trip. Network failures raise ``requests.RequestException``
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -41,6 +42,10 @@ M = TypeVar("M", bound=BaseModel)
 Body = Mapping[str, Any] | BaseModel
 
 DEFAULT_URL = "http://localhost:8080"
+
+
+class TLSVerificationError(requests.exceptions.SSLError):
+    """The coordinator's certificate did not verify against the configured CA or the system store."""
 
 
 class JobWaitTimeout(TimeoutError):
@@ -97,9 +102,11 @@ class RustCIClient:
     """A client for ``<base_url>/api``.
 
     Credentials: ``api_key`` is sent as ``X-API-Key``; ``token`` (a JWT from ``rustci-coordinator token``) as
-    ``Authorization: Bearer``. ``timeout`` bounds each request, in seconds. ``ca_file`` (default
-    ``$RUSTCI_CA_FILE``) is a PEM bundle that verifies an ``https`` coordinator signed by a private CA;
-    ``insecure_skip_tls_verify`` turns verification off (tests and emergencies only).
+    ``Authorization: Bearer``. ``timeout`` bounds each request, in seconds.
+
+    TLS: an ``https://`` coordinator is verified against ``ca_file`` (default ``RUSTCI_CA_FILE`` from the
+    environment) or the system's trust store; ``insecure_skip_tls_verify=True`` turns verification off. A
+    certificate that does not verify raises :class:`TLSVerificationError` (a ``requests.exceptions.SSLError``).
     """
 
     def __init__(
@@ -118,8 +125,10 @@ class RustCIClient:
         self.timeout = timeout
         self.session = requests.Session()
         self.session.headers["Accept"] = "application/json"
-        ca_file = ca_file or os.environ.get("RUSTCI_CA_FILE") or None
-        self.session.verify = False if insecure_skip_tls_verify else (ca_file or True)
+        self.ca_file = ca_file or os.environ.get("RUSTCI_CA_FILE") or None
+        # Passed on every request: a session-level setting would lose to REQUESTS_CA_BUNDLE in the environment.
+        self.verify: bool | str = False if insecure_skip_tls_verify else (self.ca_file or True)
+        self.session.verify = self.verify
         if api_key:
             self.session.headers["X-API-Key"] = api_key
         if token:
@@ -136,6 +145,19 @@ class RustCIClient:
 
     # --- transport -----------------------------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _explained_tls(self) -> Iterator[None]:
+        try:
+            yield
+        except requests.exceptions.SSLError as e:
+            trusted = f"the CA in {self.ca_file}" if self.ca_file else "the system's trust store"
+            raise TLSVerificationError(
+                f"TLS verification of {self.base_url} failed against {trusted}: {e}. Pass ca_file= (or set "
+                "RUSTCI_CA_FILE) to the CA that signed the coordinator's certificate",
+                request=e.request,
+                response=e.response,
+            ) from e
+
     def request(
         self,
         method: str,
@@ -147,9 +169,15 @@ class RustCIClient:
     ) -> dict[str, Any]:
         """``method`` on ``/api{path}``; the JSON answer, or the typed error it carries."""
         query = {k: v for k, v in (params or {}).items() if v is not None}
-        response = self.session.request(
-            method, self.api_url + path, params=query, json=json_body, timeout=timeout or self.timeout
-        )
+        with self._explained_tls():
+            response = self.session.request(
+                method,
+                self.api_url + path,
+                params=query,
+                json=json_body,
+                timeout=timeout or self.timeout,
+                verify=self.verify,
+            )
         try:
             body = response.json()
         except ValueError:
@@ -266,13 +294,16 @@ class RustCIClient:
         headers = {"Accept": "text/event-stream"}
         if after_seq is not None:
             headers["Last-Event-ID"] = str(after_seq)
-        with self.session.get(
-            f"{self.api_url}/runners/{_segment(runner_id)}/logs",
-            params={k: v for k, v in options.items() if v is not None},
-            headers=headers,
-            stream=True,
-            timeout=(self.timeout, idle_timeout),
-        ) as response:
+        with (
+            self._explained_tls(),
+            self.session.get(
+                f"{self.api_url}/runners/{_segment(runner_id)}/logs",
+                params={k: v for k, v in options.items() if v is not None},
+                headers=headers,
+                stream=True,
+                timeout=(self.timeout, idle_timeout),
+            ) as response,
+        ):
             if response.status_code >= 400:
                 try:
                     body = response.json()

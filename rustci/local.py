@@ -100,8 +100,8 @@ def _settings(model: type[M], file_name: str, overrides: Mapping[str, str], env:
         raise LaunchError(str(e), exit_code=2) from e
 
 
-def _base_url(bind_host: str, port: int) -> str:
-    return f"http://{_url_host(_connect_host(bind_host))}:{port}"
+def _base_url(bind_host: str, port: int, scheme: str = "http") -> str:
+    return f"{scheme}://{_url_host(_connect_host(bind_host))}:{port}"
 
 
 @dataclass
@@ -116,14 +116,19 @@ class Plan:
     agent_env: dict[str, str]
 
     @property
+    def scheme(self) -> str:
+        """``https`` when the coordinator is given a certificate (``RUSTCI_TLS_CERT``/``RUSTCI_TLS_KEY``)."""
+        return "https" if self.coordinator.tls.enabled else "http"
+
+    @property
     def coordinator_url(self) -> str:
-        return _base_url(self.coordinator.listen.host, self.coordinator.listen.port)
+        return _base_url(self.coordinator.listen.host, self.coordinator.listen.port, self.scheme)
 
     @property
     def public_api_url(self) -> str:
         host = _connect_host(self.coordinator.listen.host)
         shown = "localhost" if _is_loopback(host) else _url_host(host)
-        return f"http://{shown}:{self.coordinator.listen.port}/api"
+        return f"{self.scheme}://{shown}:{self.coordinator.listen.port}/api"
 
     @property
     def dashboard_url(self) -> str:
@@ -159,7 +164,8 @@ def make_plan(options: Options, environ: Mapping[str, str]) -> Plan:
         raise LaunchError("the coordinator needs a fixed port here: pass --port", exit_code=2)
 
     agent_env = dict(inherited)
-    agent_env["RUSTCI_COORDINATOR_URL"] = _base_url(coordinator.listen.host, coordinator.listen.port)
+    scheme = "https" if coordinator.tls.enabled else "http"  # the agent verifies it with RUSTCI_CA_FILE
+    agent_env["RUSTCI_COORDINATOR_URL"] = _base_url(coordinator.listen.host, coordinator.listen.port, scheme)
     if options.agent_port is not None:
         agent_env["RUSTCI_AGENT_PORT"] = str(options.agent_port)
     if options.state_dir is not None:
@@ -167,6 +173,12 @@ def make_plan(options: Options, environ: Mapping[str, str]) -> Plan:
     agent = _settings(agent_config.AgentConfig, "agent.yaml", agent_config.ENV_OVERRIDES, agent_env)
     if agent.listen.port == 0:
         raise LaunchError("the agent needs a fixed port here: pass --agent-port", exit_code=2)
+    if coordinator.tls.enabled and agent.coordinator.ca_file is None and not agent.coordinator.insecure_skip_tls_verify:
+        raise LaunchError(
+            "the coordinator serves TLS (RUSTCI_TLS_CERT): set RUSTCI_CA_FILE to the CA that signed its certificate,"
+            " so the local agent can verify it",
+            exit_code=2,
+        )
 
     return Plan(
         coordinator=coordinator,
@@ -292,7 +304,9 @@ class Launcher:
     agent_started: float = 0.0
 
     def __post_init__(self) -> None:
-        self.client = RustCIClient(self.plan.coordinator_url, timeout=PROBE_TIMEOUT)
+        self.client = RustCIClient(
+            self.plan.coordinator_url, timeout=PROBE_TIMEOUT, ca_file=self.plan.agent_env.get("RUSTCI_CA_FILE")
+        )
         self.client.session.trust_env = False  # loopback: never through an HTTP proxy from the environment
 
     # --- signals -------------------------------------------------------------------------------------------
@@ -438,6 +452,10 @@ class Launcher:
         job = '{"name": "hello", "steps": [{"name": "greet", "run": "echo Hello"}]}'
         base = url.removesuffix("/api")
         url_flag = "" if base == "http://localhost:8080" else f" --url {base}"
+        ca_file = self.plan.agent_env.get("RUSTCI_CA_FILE")
+        curl = f"curl --cacert {ca_file}" if self.plan.scheme == "https" and ca_file else "curl"
+        if self.plan.scheme == "https" and ca_file:
+            url_flag += f" --ca-file {ca_file}"
         lines = [
             "",
             "RustCI Runner is up: a coordinator and one local agent. Press Ctrl-C to stop both.",
@@ -455,15 +473,15 @@ class Launcher:
             f"  .venv/bin/rustci{url_flag} jobs submit --runner {runner_id} --name hello \\",
             "       --step greet='echo Hello' --wait",
             "or with curl:",
-            f'  curl -H "X-API-Key: {api_key}" {url}/runners',
-            f'  curl -X POST -H "X-API-Key: {api_key}" -H "Content-Type: application/json" \\',
+            f'  {curl} -H "X-API-Key: {api_key}" {url}/runners',
+            f'  {curl} -X POST -H "X-API-Key: {api_key}" -H "Content-Type: application/json" \\',
             f"       -d '{job}' {url}/runners/{runner_id}/jobs",
             "",
         ]
         if runner["status"] == "stopped":
             lines += [
                 "The runner was stopped through the API and stays stopped until started:",
-                f'  curl -X POST -H "X-API-Key: {api_key}" {url}/runners/{runner_id}/start',
+                f'  {curl} -X POST -H "X-API-Key: {api_key}" {url}/runners/{runner_id}/start',
                 "",
             ]
         print("\n".join(lines), file=self.out, flush=True)

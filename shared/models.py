@@ -556,3 +556,40 @@ class LogPage(Response):
     logs: list[LogEntryView]
     total_count: int
     has_more: bool
+
+
+# --- security: tickets and the audit trail ---------------------------------------------------------------------
+
+
+class TicketResponse(Response):
+    ticket: str
+    """Single-use: valid for one connection opened within ``expires_in`` seconds."""
+    expires_in: float
+    expires_at: Timestamp
+    routes: list[str]
+    """Where ``?ticket=`` is accepted."""
+
+
+class AuditEntry(Response):
+    id: int
+    timestamp: Timestamp
+    principal: str
+    """``key:<name>``, ``user:<jwt sub>``, ``runner:<id>``, or ``anonymous``."""
+    role: str | None = None
+    client: str
+    """The client's address (from ``X-Forwarded-For`` only behind a trusted proxy)."""
+    action: str
+    method: str
+    path: str
+    runner_id: str | None = None
+    job_id: str | None = None
+    status: int
+    """The HTTP status the call answered."""
+    outcome: Literal["success", "refused", "failed"]
+    detail: str | None = None
+
+
+class AuditList(Response):
+    entries: list[AuditEntry]
+    total_count: int
+    has_more: bool

@@ -21,7 +21,7 @@ from aiohttp import web
 
 from agent.config import AgentConfig
 from agent.daemon import Agent
-from coordinator import keys
+from coordinator import keys, tls
 from coordinator.app import make_app
 from coordinator.config import CoordinatorConfig
 from tests.helpers import Api, DaemonProcess, ProcessMarker, free_port, wait_for
@@ -41,7 +41,8 @@ class CoordinatorHandle:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.config.tls.enabled else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     @property
     def api_url(self) -> str:
@@ -52,7 +53,7 @@ class CoordinatorHandle:
         self.app = make_app(self.config)
         self.runner = web.AppRunner(self.app, handle_signals=False, access_log=None)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", self.port)
+        site = web.TCPSite(self.runner, "127.0.0.1", self.port, ssl_context=tls.server_context(self.config.tls))
         await site.start()
         if not self.port:
             self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]

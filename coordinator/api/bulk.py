@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
-from coordinator import control, keys
+from coordinator import access, audit, control, keys
 from coordinator.api import events
 from coordinator.store.base import RunnerFilter, RunnerRecord
 from shared.errors import ApiError, InvalidRequest, RunnerBusy
@@ -38,6 +38,9 @@ async def _delete(app: web.Application, runner: RunnerRecord, force: bool) -> No
 
 async def bulk(request: web.Request) -> web.Response:
     body = await parse_body(request, BulkRequest)
+    audit.note(request, f"operation={body.operation}")
+    if body.operation == "delete":
+        access.require_admin(request, request.get(keys.PRINCIPAL), "delete runners")
     data: dict[str, Any] = body.data or {}
     # Validate the payload once, up front: a bad payload is the caller's error, not N runner failures.
     if body.operation == "update_config":

@@ -7,7 +7,7 @@ import time
 import structlog
 from aiohttp import web
 
-from coordinator import keys
+from coordinator import audit, keys
 from coordinator.api import events
 from coordinator.api.runners import get_runner_or_404
 from coordinator.api.views import job_detail, job_summary
@@ -25,6 +25,7 @@ async def submit_job(request: web.Request) -> web.Response:
     spec = await parse_body(request, JobSubmission)
     job = JobRecord(id=ids.new_job_id(), runner_id=runner.id, spec=spec, status="queued", created_at=time.time())
     queue = await request.app[keys.STORE].insert_job(job)
+    audit.note(request, f"job_id={job.id}")
     # Recorded first, then pushed: the job is safe here whether or not the agent takes it now.
     request.app[keys.DISPATCHER].submitted(runner, job)
     request.app[keys.HUB].publish(

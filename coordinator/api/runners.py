@@ -8,7 +8,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from coordinator import keys
+from coordinator import audit, keys
 from coordinator.api import events
 from coordinator.api.views import runner_view
 from coordinator.store.base import RunnerFilter, RunnerRecord
@@ -65,6 +65,7 @@ async def register(request: web.Request) -> web.Response:
         resources=body.resources.model_dump(exclude_none=True) if body.resources else {},
     )
     await request.app[keys.STORE].insert_runner(runner)
+    audit.note(request, f"runner_id={runner.id}")
     log.info("runner registered", runner_id=runner.id, name=runner.name, type=runner.type)
     request.app[keys.HUB].publish(events.runner_event("runner_registered", runner.id, now, name=runner.name))
     response = RegistrationResponse(runner_id=runner.id, registration_token=runner.token)

@@ -1,7 +1,7 @@
 """``WS /runners/ws``: live runner and job events.
 
 ``?runner_id=`` narrows the stream to one runner, ``?events=a,b`` to some event types. Browsers, which cannot set
-headers on a WebSocket, may authenticate with ``?token=`` (see ``coordinator.auth``).
+headers on a WebSocket, authenticate with a single-use ``?ticket=`` (see ``coordinator.tickets``).
 
 Each connection has three tasks: one sends queued events, one reads the client's frames (so pings, pongs and
 the close handshake are processed), and the handler waits for whichever ends first, or for the hub to tell it

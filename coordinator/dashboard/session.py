@@ -46,7 +46,6 @@ if TYPE_CHECKING:
 
 COOKIE = "rustci_session"
 CSRF_HEADER = "X-RustCI-CSRF"
-OWN_PATHS = frozenset({"/api/session", "/api/whoami"})
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 NO_DASHBOARD_ROLES = frozenset({"registrar", "runner"})
 """Credentials that may not sign in: a registration key and a runner's token are for agents, not people."""
@@ -134,12 +133,6 @@ def principal(request: web.Request) -> Principal | None:
             )
     request[keys.DASHBOARD_SESSION] = session
     return session.principal
-
-
-def open_to_all(request: web.Request) -> bool:
-    """Whether the request is to a route every authenticated principal may call (each handler decides itself:
-    a viewer signs in with ``POST``, a registration key is refused a session)."""
-    return request.path in OWN_PATHS
 
 
 def _same_origin(request: web.Request, origin: str) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from coordinator import audit
 from coordinator.store import metrics as metrics_schema
 
 MIGRATIONS: list[str] = [
@@ -88,6 +89,8 @@ MIGRATIONS: list[str] = [
     """,
     # 3: metric history: raw load samples and their rollups (see coordinator/store/metrics.py)
     metrics_schema.MIGRATION,
+    # 4: the audit trail (see coordinator/audit.py)
+    audit.MIGRATION,
 ]
 
 LEVELS = {"debug": 10, "info": 20, "warn": 30, "error": 40}

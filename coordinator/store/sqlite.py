@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from coordinator.sealing import Sealer
 from coordinator.store import events
 from coordinator.store.base import (
     AttemptRecord,
@@ -50,11 +51,12 @@ def _runner(row: sqlite3.Row) -> RunnerRecord:
     )
 
 
-def _job(row: sqlite3.Row) -> JobRecord:
+def _job(row: sqlite3.Row, sealer: Sealer | None) -> JobRecord:
+    spec = sealer.unseal(row["spec"], row["id"]) if sealer else JobSubmission.model_validate_json(row["spec"])
     return JobRecord(
         id=row["id"],
         runner_id=row["runner_id"],
-        spec=JobSubmission.model_validate_json(row["spec"]),
+        spec=spec,
         status=row["status"],
         created_at=row["created_at"],
         attempt=row["attempt"],
@@ -82,8 +84,10 @@ _RUNNER_COLUMNS: dict[str, Callable[[Any], Any]] = {
 
 
 class SqliteStore:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, sealer: Sealer | None = None) -> None:
         self.db = Database(path, MIGRATIONS)
+        self._sealer = sealer
+        """Encrypts the values of masked variables in stored specs (see ``coordinator.sealing``)."""
         # Runners by id, read far more often (every submit, every delivery) than written. Every write to a
         # runner row goes through this class and forgets the entry; the TTL bounds what another coordinator
         # sharing a replicated database could change unseen.
@@ -92,6 +96,9 @@ class SqliteStore:
 
     async def open(self) -> None:
         await self.db.open()
+
+    def _stored_spec(self, spec: JobSubmission) -> str:
+        return self._sealer.seal(spec) if self._sealer else spec.model_dump_json()
 
     async def close(self) -> None:
         await self.db.close()
@@ -277,7 +284,7 @@ class SqliteStore:
             ).fetchall()
             conn.execute(
                 "INSERT INTO jobs (id, runner_id, name, spec, status, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                (job.id, job.runner_id, job.spec.name, job.spec.model_dump_json(), job.status, job.created_at),
+                (job.id, job.runner_id, job.spec.name, self._stored_spec(job.spec), job.status, job.created_at),
             )
             return QueueState(int(ahead), [float(r[0]) for r in running])
 
@@ -288,7 +295,7 @@ class SqliteStore:
             row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None:
                 return None
-            job = _job(row)
+            job = _job(row, self._sealer)
             job.steps = [
                 StepRecord(s["idx"], s["name"], s["status"], s["exit_code"], s["started_at"], s["completed_at"])
                 for s in conn.execute(
@@ -317,7 +324,7 @@ class SqliteStore:
                 f"SELECT * FROM jobs {clause} ORDER BY seq DESC LIMIT ? OFFSET ?",
                 [*params, -1 if limit is None else limit, offset],
             ).fetchall()
-            return [_job(r) for r in rows], int(total)
+            return [_job(r, self._sealer) for r in rows], int(total)
 
         return await self.db.read(op)
 
@@ -327,7 +334,7 @@ class SqliteStore:
                 "SELECT * FROM jobs WHERE runner_id = ? AND delivered = 0 AND status = 'queued' ORDER BY seq LIMIT ?",
                 (runner_id, limit),
             ).fetchall()
-            return [_job(r) for r in rows]
+            return [_job(r, self._sealer) for r in rows]
 
         return await self.db.read(op)
 

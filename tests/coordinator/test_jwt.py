@@ -11,6 +11,7 @@ from pathlib import Path
 import jwt
 
 from coordinator import tokens
+from coordinator.config import Jwt
 from tests.conftest import CoordinatorHandle
 from tests.helpers import REPO, assert_error, registration
 
@@ -92,7 +93,7 @@ async def test_token_command_signs_with_the_running_coordinators_secret(
     assert done.returncode == 0, done.stderr
     token = done.stdout.strip()
     secret = (coordinator.config.state_dir / "jwt-secret").read_text().strip()
-    assert tokens.verify(secret, token) == ("ci-bot", "viewer")
+    assert tokens.JwtVerifier(Jwt(), secret).verify(token) == ("ci-bot", "viewer")
     status, _ = await coordinator.client(None).get("/runners", headers={"Authorization": f"Bearer {token}"})
     assert status == 200
     # The state directory can come from the config file, as it does for the daemon.
@@ -109,7 +110,7 @@ async def test_token_command_signs_with_the_running_coordinators_secret(
         check=False,
     )
     assert from_file.returncode == 0, from_file.stderr
-    assert tokens.verify(secret, from_file.stdout.strip())[0] == "x"
+    assert tokens.JwtVerifier(Jwt(), secret).verify(from_file.stdout.strip())[0] == "x"
 
 
 def test_token_command_refuses_to_create_keys(tmp_path: Path) -> None:

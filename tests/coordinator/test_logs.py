@@ -203,8 +203,8 @@ async def test_authentication_is_required(coord: CoordinatorHandle, runner: Runn
     anonymous = coord.client(api_key=None)
     status, body = await anonymous.get(f"/runners/{runner.id}/logs")
     assert status == 401 and body["error"]["code"] == "AUTHENTICATION_REQUIRED"
-    # A runner's token reads its own runner's logs only.
-    assert (await runner.agent.get(f"/runners/{runner.id}/logs"))[0] == 200
+    # A runner's token is for its agent's routes: it reads no logs, not even its own runner's.
+    assert (await runner.agent.get(f"/runners/{runner.id}/logs"))[0] == 403
     status, other = await coord.api.post(
         "/runners/register", {"name": "other", "type": "native", "host": "127.0.0.1", "port": 9}
     )

@@ -56,22 +56,24 @@ async def _equals(value: int, expected: int) -> bool:
 # --- authentication ------------------------------------------------------------------------------------------
 
 
-async def test_browsers_authenticate_with_the_token_query_parameter(coordinator: CoordinatorHandle) -> None:
-    async with connect(coordinator, f"token={API_KEY}", headers={}) as ws:
+async def test_browsers_authenticate_with_a_single_use_ticket(coordinator: CoordinatorHandle) -> None:
+    status, issued = await coordinator.api.post("/tickets")
+    assert status == 201, issued
+    async with connect(coordinator, f"ticket={issued['ticket']}", headers={}) as ws:
         await connected(coordinator, 1)
         runner_id = (await register_runner(coordinator.api))["runner_id"]
         event = await next_event(ws)
         assert (event["type"], event["runner_id"]) == ("runner_registered", runner_id)
 
-    for query in ("", "token=not-the-key-0123456789"):
+    # No credential, a long-lived one in the URL, or the same ticket again: refused before the upgrade.
+    for query in ("", f"token={API_KEY}", "token=not-the-key-0123456789", f"ticket={issued['ticket']}"):
         with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
             async with connect(coordinator, query, headers={}):
                 pass
-        assert refused.value.status == 401
-    # The query parameter is for WebSockets only: other routes still want a header.
+        assert refused.value.status == 401, query
     anonymous = coordinator.client(api_key=None)
     code, body = await anonymous.get(f"/runners?token={API_KEY}")
-    assert_error(code, body, 401, "AUTHENTICATION_REQUIRED")
+    assert_error(code, body, 401, "AUTHENTICATION_REQUIRED", parameter="token")
 
 
 async def test_an_unknown_event_type_is_refused_before_the_upgrade(coordinator: CoordinatorHandle) -> None:

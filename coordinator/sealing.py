@@ -1,0 +1,92 @@
+"""Job secrets at rest: the values of a job's ``masked`` variables are encrypted before the job is stored.
+
+The store writes a job's spec with each masked value (in ``environment`` and in every step's ``env``) replaced
+by ``sealed:v1:<Fernet token>`` and decrypts them when it reads the job back, so the rest of the coordinator sees
+the spec as submitted and the database file (WAL included) never holds a masked value in plain text, from the
+moment the job is accepted. The key (Fernet: AES-128-CBC with HMAC-SHA256, from ``cryptography``) lives in
+``<state_dir>/secrets.key``, mode 0600, made on first start.
+
+A retry after a coordinator restart works: the key is read again from the state directory and held jobs are
+delivered with their secrets. If the key is lost or replaced, the values cannot be decrypted: they stay sealed
+(never sent as if they were the secret) and the dispatcher cancels such a job with a reason instead of
+delivering it. Back up ``secrets.key`` with the database, and keep both readable by the coordinator only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import structlog
+from cryptography.fernet import Fernet, InvalidToken
+
+from shared.models import JobSubmission
+
+log = structlog.get_logger(__name__)
+
+PREFIX = "sealed:v1:"
+KEY_FILE = "secrets.key"
+
+
+def load_key(state_dir: Path) -> bytes:
+    """The state directory's key, made (mode 0600) if there is none yet."""
+    path = state_dir / KEY_FILE
+    if path.exists():
+        return path.read_bytes().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = Fernet.generate_key()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(key + b"\n")
+    return key
+
+
+def _masked_maps(data: dict[str, Any]) -> list[dict[str, Any]]:
+    maps = [data.get("environment") or {}]
+    maps += [step.get("env") or {} for step in data.get("steps") or []]
+    return [m for m in maps if isinstance(m, dict)]
+
+
+class Sealer:
+    def __init__(self, key: bytes) -> None:
+        self._fernet = Fernet(key)
+
+    @classmethod
+    def for_state_dir(cls, state_dir: Path) -> Sealer:
+        return cls(load_key(state_dir))
+
+    def seal(self, spec: JobSubmission) -> str:
+        """The spec as stored: JSON with each masked value encrypted."""
+        data = spec.model_dump(mode="json")
+        for values in _masked_maps(data):
+            for name in spec.masked:
+                value = values.get(name)
+                if isinstance(value, str):
+                    values[name] = PREFIX + self._fernet.encrypt(value.encode()).decode()
+        return json.dumps(data, separators=(",", ":"))
+
+    def unseal(self, text: str, job_id: str) -> JobSubmission:
+        data = json.loads(text)
+        masked = set(data.get("masked") or ())
+        for values in _masked_maps(data):
+            for name, value in values.items():
+                if name in masked and isinstance(value, str) and value.startswith(PREFIX):
+                    try:
+                        values[name] = self._fernet.decrypt(value[len(PREFIX) :].encode()).decode()
+                    except InvalidToken:
+                        log.error(
+                            "a masked value of a job cannot be decrypted with this state directory's secrets.key",
+                            job_id=job_id,
+                            variable=name,
+                        )
+        return JobSubmission.model_validate(data)
+
+
+def still_sealed(spec: JobSubmission) -> list[str]:
+    """The masked variables whose values could not be decrypted (the key changed since the job was stored)."""
+    found = []
+    for values in [spec.environment, *(step.env for step in spec.steps)]:
+        found += [name for name in spec.masked if values.get(name, "").startswith(PREFIX)]
+    return sorted(set(found))
