@@ -217,8 +217,9 @@ class _Stream:
             return True
         if not ask_store:  # entries are flowing: the feed will say when the job ends
             return False
+        # A job id the store does not know is only a filter: the stream goes on, as it always has.
         job = await self._store_of_jobs.get_job(job_id)
-        return job is None or job.runner_id != self._runner_id or job.status in TERMINAL_JOB_STATUSES
+        return job is not None and job.runner_id == self._runner_id and job.status in TERMINAL_JOB_STATUSES
 
     async def _catch_up(self) -> None:
         while not self._follower.closed:

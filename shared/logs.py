@@ -28,8 +28,22 @@ def enabled_for(level: int) -> bool:
     return bool(level >= _state["level"])
 
 
+# structlog's method names; looked up on every line, so built once (getLevelNamesMapping copies a dict per call).
+_METHOD_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "msg": logging.INFO,
+    "warn": logging.WARNING,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+    "exception": logging.ERROR,
+    "critical": logging.CRITICAL,
+    "fatal": logging.CRITICAL,
+}
+
+
 def _at_level(_: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    if logging.getLevelNamesMapping().get(method.upper(), logging.INFO) < _state["level"]:
+    if _METHOD_LEVELS.get(method, logging.INFO) < _state["level"]:
         raise structlog.DropEvent
     return event
 

@@ -446,6 +446,10 @@ class BulkFilters(Request):
 
 
 class BulkRequest(Request):
+    # ``filters`` is required (``{}`` for every runner): the handler refuses a body without it, after checking
+    # ``data``; the schema says so too.
+    model_config = ConfigDict(json_schema_extra={"required": ["operation", "filters"]})
+
     operation: Literal["update_config", "start", "stop", "restart", "delete"]
     filters: BulkFilters = Field(default_factory=BulkFilters)
     data: dict[str, Any] | None = None

@@ -76,3 +76,9 @@ async def test_bulk_needs_filters_and_empty_filters_mean_every_runner(coordinato
     assert status == 200 and answer["affected_runners"] == 2 and answer["success"] is True
     status, listed = await coordinator.api.get("/runners")
     assert listed["total_count"] == 0
+
+
+def test_the_api_description_says_bulk_filters_are_required() -> None:
+    from coordinator.openapi import document
+
+    assert set(document()["components"]["schemas"]["BulkRequest"]["required"]) == {"operation", "filters"}

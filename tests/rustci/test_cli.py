@@ -289,7 +289,7 @@ async def test_version_and_completion(connected: Cli) -> None:
     assert version.code == 0 and version.json["client"] == version.json["coordinator"]  # one checkout, both ends
     script = await connected("completion", "bash")
     assert script.code == 0 and "complete -F _rustci rustci" in script.out
-    assert '"runners") words="--help list get update delete stop restart start"' in script.out
+    assert '"runners") words="--help list get status health update delete stop restart start"' in script.out
 
 
 # --- the README ----------------------------------------------------------------------------------------------

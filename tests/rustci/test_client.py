@@ -171,7 +171,7 @@ async def test_wait_for_job_gives_up_at_its_deadline(client: RustCIClient) -> No
         ("register_runner", ({**registration(), "port": 0},), "port"),
         ("update_runner", ("runner_x", {"tags": ["bad tag"]}), "tags[0]"),
         ("update_runner_config", ("runner_x", {"max_concurrent_jobs": 0}), "max_concurrent_jobs"),
-        ("bulk", ("explode",), "operation"),
+        ("bulk", ("explode", {}), "operation"),
     ],
 )
 async def test_bodies_are_validated_before_sending(method: str, args: tuple[Any, ...], field: str) -> None:
