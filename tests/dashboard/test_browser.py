@@ -115,7 +115,7 @@ async def test_admin_signs_in_and_follows_a_job_live(
 
     # Sign in: the key becomes an HttpOnly, SameSite=Strict session cookie the page's script cannot read.
     await sign_in(page, coordinator, API_KEY)
-    await expect(page.locator("#who")).to_have_text("admin (admin)")
+    await expect(page.locator("#who")).to_have_text("key:admin (admin)")
     cookies = {c["name"]: c for c in await browser.context.cookies()}
     session = cookies["rustci_session"]
     assert session["httpOnly"] and session["sameSite"] == "Strict" and session["path"] == "/"

@@ -38,7 +38,7 @@ async def test_sign_in_sets_a_strict_httponly_browser_session_cookie(coordinator
     assert morsel["httponly"] and morsel["samesite"] == "Strict" and morsel["path"] == "/"
     assert not morsel["max-age"] and not morsel["expires"]  # gone when the browser session ends
     assert len(morsel.value) >= 40 and API_KEY not in raw
-    assert body["role"] == "admin" and body["subject"] == "admin" and len(body["csrf_token"]) >= 40
+    assert body["role"] == "admin" and body["subject"] == "key:admin" and len(body["csrf_token"]) >= 40
 
 
 async def test_the_cookie_reads_and_changes_only_with_the_csrf_token(coordinator: CoordinatorHandle) -> None:
@@ -90,7 +90,7 @@ async def test_api_auth_is_unchanged_without_a_session(coordinator: CoordinatorH
     status, body = await api.get("/runners", headers={"Cookie": f"{COOKIE}=made-up"})
     assert_error(status, body, 401, "AUTHENTICATION_REQUIRED")
     status, who = await coordinator.api.get("/whoami")
-    assert status == 200 and who == {"role": "admin", "subject": "admin", "csrf_token": None, "expires_at": None}
+    assert status == 200 and who == {"role": "admin", "subject": "key:admin", "csrf_token": None, "expires_at": None}
 
 
 async def test_whoami_and_sessions_for_each_kind_of_credential(

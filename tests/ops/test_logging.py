@@ -66,7 +66,7 @@ async def test_access_log_at_debug_only_and_after_a_reload(tmp_path: Path) -> No
 
         (line,) = await wait_for(logged, timeout=10, what="an access log line")
         assert line["method"] == "GET" and line["route"] == "/api/runners/{runner_id}" and line["status"] == 404
-        assert line["principal"] == "admin" and line["duration_ms"] >= 0 and line["level"] == "debug"
+        assert line["principal"] == "key:admin" and line["duration_ms"] >= 0 and line["level"] == "debug"
         assert line["component"] == "coordinator"
 
 

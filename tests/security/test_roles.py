@@ -64,7 +64,13 @@ EXPECTED: dict[tuple[str, str], set[str]] = {
     ("POST", "/api/tickets"): USERS,
     ("GET", "/api/whoami"): USERS,
     ("GET", "/api/audit"): {"admin"},
+    # The dashboard: its page and files are public, its sign-in is for people (not registrars or runners).
+    ("GET", "/"): ALL_CREDENTIALS,
+    ("GET", "/dashboard/{name}"): ALL_CREDENTIALS,
+    ("POST", "/api/session"): USERS,
+    ("DELETE", "/api/session"): USERS,
 }
+NO_JOB = "job_00000000-0000-4000-8000-000000000000"
 PUBLIC = {route for route, who in EXPECTED.items() if who == ALL_CREDENTIALS}
 
 
@@ -118,7 +124,7 @@ async def test_every_route_for_every_credential(coord: CoordinatorHandle) -> Non
                 runner_id = own["runner_id"]
                 if method == "DELETE" and kind != "own-runner":
                     runner_id = (await register_runner(coord.api, name="doomed"))["runner_id"]
-                path = route.format(runner_id=runner_id, job_id="job_00000000-0000-4000-8000-000000000000")
+                path = route.format(runner_id=runner_id, job_id=NO_JOB, name="app.js")
                 status, body = (
                     await client.request(method, path.removeprefix("/api"), headers=headers)
                     if path.startswith("/api")
@@ -143,7 +149,7 @@ async def test_without_a_credential_only_the_public_routes_answer(coord: Coordin
     runner_id = (await register_runner(coord.api))["runner_id"]
     anonymous = coord.client(None)
     for method, route in _routes(coord.app):
-        path = route.format(runner_id=runner_id, job_id="job_00000000-0000-4000-8000-000000000000")
+        path = route.format(runner_id=runner_id, job_id=NO_JOB, name="app.js")
         status, body = (
             await anonymous.request(method, path.removeprefix("/api"))
             if path.startswith("/api")

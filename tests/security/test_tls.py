@@ -156,7 +156,7 @@ async def test_the_sdk_verifies_with_ca_file_or_rustci_ca_file(
 async def test_the_cli_over_tls_with_rustci_ca_file(tls_coordinator: CoordinatorHandle, pki: Pki) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RUSTCI_")}
     env.update({"RUSTCI_URL": tls_coordinator.url, "RUSTCI_API_KEY": API_KEY})
-    argv = [sys.executable, "-m", "rustci", "runners", "list"]
+    argv = [sys.executable, "-m", "rustci", "runners", "list", "-o", "json"]
 
     async def run(extra: dict[str, str]) -> tuple[int, str, str]:
         proc = await asyncio.create_subprocess_exec(
