@@ -32,13 +32,14 @@ async def serve(agent: Agent) -> int:
     def on_signal(signum: int) -> None:
         nonlocal signals_seen
         signals_seen += 1
+        # Act first, then log: the stop must happen even if the log line cannot be written.
         if signals_seen == 1:
-            log.info("stopping gracefully", signal=signal.Signals(signum).name)
             stop_requested.set()
+            log.info("stopping gracefully", signal=signal.Signals(signum).name)
         else:
-            log.warning("second signal: cancelling running jobs now", signal=signal.Signals(signum).name)
             agent.supervisor.accepting = False
             agent.spawn(agent.supervisor.cancel_running("agent stopped by signal"), "cancel-on-signal")
+            log.warning("second signal: cancelling running jobs now", signal=signal.Signals(signum).name)
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)

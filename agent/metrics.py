@@ -26,6 +26,7 @@ from prometheus_client.registry import Collector
 
 from agent import sysinfo
 from agent.executors.base import Executor, ExecutorError, JobContext, OutputSink, StepContext
+from shared.logs import DroppedLines
 from shared.models import TERMINAL_JOB_STATUSES, MetricSample
 from shared.sqlite import Database
 from shared.timeutil import utcnow
@@ -148,6 +149,7 @@ class AgentMetrics:
             self.executor_errors.labels(phase)
         self._scraped = _Scraped()
         self.registry.register(self._scraped)
+        self.registry.register(DroppedLines())
         self.samples = SampleBuffer(sample_limit)
 
     # --- Prometheus ----------------------------------------------------------------------------------------
