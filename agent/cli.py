@@ -18,7 +18,7 @@ import structlog
 from agent import config as config_module
 from agent.daemon import Agent, ExecutorUnavailable
 from agent.registration import RegistrationRefused
-from shared import logs
+from shared import lifeline, logs
 from shared.config import ConfigError
 from shared.errors import ApiError
 
@@ -43,6 +43,13 @@ async def serve(agent: Agent) -> int:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
+
+    def on_launcher_exit() -> None:
+        if not stop_requested.is_set():  # already stopping: the launcher's end changes nothing
+            stop_requested.set()
+            log.warning("the launcher exited; stopping gracefully")
+
+    lifeline.watch(loop, on_launcher_exit)
     loop.add_signal_handler(signal.SIGHUP, agent.reload_config)
     try:
         start = asyncio.create_task(agent.start())

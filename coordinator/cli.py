@@ -7,7 +7,9 @@ coordinator's secret instead of serving.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -17,7 +19,7 @@ from aiohttp import web
 from coordinator import auth, tokens
 from coordinator import config as config_module
 from coordinator.app import make_app
-from shared import logs
+from shared import lifeline, logs
 from shared.config import ConfigError
 
 
@@ -53,7 +55,12 @@ def main(argv: list[str] | None = None) -> int:
             database=str(config.database_path),
         )
 
+    async def stop_with_launcher(_: web.Application) -> None:
+        # Stop as on SIGTERM (run_app's graceful shutdown) when a launcher that started this process exits.
+        lifeline.watch(asyncio.get_running_loop(), lambda: os.kill(os.getpid(), signal.SIGTERM))
+
     app.on_startup.append(announce)
+    app.on_startup.append(stop_with_launcher)
     web.run_app(
         app,
         host=config.listen.host,
