@@ -21,6 +21,7 @@ from agent.registration import RegistrationRefused
 from shared import lifeline, logs
 from shared.config import ConfigError
 from shared.errors import ApiError
+from shared.statefiles import EXIT_DAMAGED_STATE, DamagedState
 
 
 async def serve(agent: Agent) -> int:
@@ -104,7 +105,11 @@ def main(argv: list[str] | None = None) -> int:
         where = args.config or "(defaults)"
         print(f"rustci-agent: config error in {where}: {e}", file=sys.stderr)
         return 2
-    return asyncio.run(serve(agent))
+    try:
+        return asyncio.run(serve(agent))
+    except DamagedState as e:
+        print(f"rustci-agent: {e}", file=sys.stderr)
+        return EXIT_DAMAGED_STATE
 
 
 if __name__ == "__main__":

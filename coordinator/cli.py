@@ -21,6 +21,7 @@ from coordinator import config as config_module
 from coordinator.app import make_app
 from shared import lifeline, logs
 from shared.config import ConfigError
+from shared.statefiles import EXIT_DAMAGED_STATE, DamagedState
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,15 +62,19 @@ def main(argv: list[str] | None = None) -> int:
 
     app.on_startup.append(announce)
     app.on_startup.append(stop_with_launcher)
-    web.run_app(
-        app,
-        host=config.listen.host,
-        port=config.listen.port,
-        print=None,
-        access_log=None,
-        shutdown_timeout=10,
-        handle_signals=True,
-    )
+    try:
+        web.run_app(
+            app,
+            host=config.listen.host,
+            port=config.listen.port,
+            print=None,
+            access_log=None,
+            shutdown_timeout=10,
+            handle_signals=True,
+        )
+    except DamagedState as e:
+        print(f"rustci-coordinator: {e}", file=sys.stderr)
+        return EXIT_DAMAGED_STATE
     log.info("coordinator stopped")
     return 0
 

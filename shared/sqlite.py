@@ -19,8 +19,25 @@ from typing import TypeVar
 
 import structlog
 
+from shared.statefiles import DamagedState
+
 T = TypeVar("T")
+DAMAGED_ADVICE = (
+    "restore it from a backup, or move it aside (with its -wal and -shm files) to start with an empty one;"
+    " what it held is then lost"
+)
 log = structlog.get_logger(__name__)
+
+
+def _damage(path: Path, e: sqlite3.DatabaseError) -> DamagedState:
+    text = str(e)
+    if "locked" in text:
+        return DamagedState(path, "is in use by another process", "stop the other daemon using this state directory")
+    if isinstance(e, sqlite3.OperationalError):
+        return DamagedState(
+            path, f"cannot be opened ({text})", "check the owner, permissions and free space of its directory"
+        )
+    return DamagedState(path, f"is damaged ({text})", DAMAGED_ADVICE)
 
 
 class Database:
@@ -36,6 +53,17 @@ class Database:
         await asyncio.get_running_loop().run_in_executor(self._executor, self._open_sync)
 
     def _open_sync(self) -> None:
+        if self.path.is_dir():
+            raise DamagedState(self.path, "is a directory, not a database", DAMAGED_ADVICE)
+        try:
+            self._open_checked()
+        except sqlite3.DatabaseError as e:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+            raise _damage(self.path, e) from None
+
+    def _open_checked(self) -> None:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA journal_mode=WAL")
