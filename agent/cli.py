@@ -38,7 +38,7 @@ async def serve(agent: Agent) -> int:
             stop_requested.set()
             log.info("stopping gracefully", signal=signal.Signals(signum).name)
         else:
-            agent.supervisor.accepting = False
+            agent.runner_state.stop()
             agent.spawn(agent.supervisor.cancel_running("agent stopped by signal"), "cancel-on-signal")
             log.warning("second signal: cancelling running jobs now", signal=signal.Signals(signum).name)
 
