@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import Field, model_validator
 
 from shared.config import Settings, load_settings
+from shared.http import ServerTimeouts
 
 ENV_OVERRIDES = {
     "RUSTCI_API_KEY": "auth.api_key",
@@ -21,7 +22,7 @@ ENV_OVERRIDES = {
 }
 
 
-class Listen(Settings):
+class Listen(ServerTimeouts):
     host: str = "127.0.0.1"
     """Interface to bind; ``0.0.0.0`` to serve other hosts."""
     port: int = Field(default=8080, ge=0, le=65535)

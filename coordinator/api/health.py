@@ -1,11 +1,20 @@
-"""The coordinator's own liveness probe (no credentials needed)."""
+"""The coordinator's own health probe (no credentials needed).
+
+``ok``, or ``degraded`` with the reason while its storage refuses writes (disk full, read-only): the process
+is alive and serves reads, so a supervisor should not restart it, but new work is refused with 503
+``STORAGE_UNAVAILABLE``. It turns back to ``ok`` by itself once the storage accepts writes again.
+"""
 
 from __future__ import annotations
 
 from aiohttp import web
 
+from coordinator import keys
 from shared.http import json_response
 
 
 async def liveness(request: web.Request) -> web.Response:
-    return json_response({"status": "ok"})
+    problem = await request.app[keys.STORE].storage_problem()
+    if problem is None:
+        return json_response({"status": "ok"})
+    return json_response({"status": "degraded", "checks": {"storage": {"status": "unavailable", "reason": problem}}})

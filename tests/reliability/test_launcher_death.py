@@ -7,6 +7,7 @@ import signal
 from pathlib import Path
 
 from tests.helpers import Api, free_port, wait_for
+from tests.reliability.common import job_output
 from tests.rustci.test_local_up import StartLaunch, gone, launch
 
 __all__ = ["launch"]  # the fixture, shared with the launcher's own tests
@@ -43,9 +44,6 @@ async def test_sigkill_of_the_launcher_leaves_nothing_running_and_loses_no_job(
         api = Api(f"http://127.0.0.1:{port}/api", again.api_key)
         finished = await api.wait_job(banner.runner_id, job_id, {"completed", "failed", "cancelled", "timed_out"})
         assert finished["status"] == "completed", finished
-        status, body = await api.get(f"/runners/{banner.runner_id}/logs?job_id={job_id}&limit=1000")
-        assert status == 200, body
-        printed = [e["message"] for e in body["logs"] if e.get("stream") != "system"]
-        assert printed.count("begin") == 1 and printed.count("end") == 1, printed
+        assert await job_output(api, banner.runner_id, job_id) == ["begin", "end"]
     finally:
         await api.close()
