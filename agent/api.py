@@ -10,7 +10,7 @@ from aiohttp import web
 from agent import api_status
 from agent.keys import AGENT
 from shared.errors import AuthenticationRequired, AuthorizationFailed, RunnerNotFound, RunnerUnavailable
-from shared.http import error_middleware, json_response, parse_body
+from shared.http import error_middleware, json_response, parse_body, setup_server
 from shared.models import (
     AssignmentAck,
     CancelResult,
@@ -99,6 +99,7 @@ async def restart_runner(request: web.Request) -> web.Response:
 def make_api(agent: Any) -> web.Application:
     app = web.Application(middlewares=[error_middleware, auth_middleware], client_max_size=16 * 1024 * 1024)
     app[AGENT] = agent
+    setup_server(app, agent.config.listen)
     app.router.add_get("/health", health)
     api_status.setup(app)
     app.router.add_post("/api/runners/{runner_id}/jobs", assign_job)

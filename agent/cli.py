@@ -18,9 +18,10 @@ import structlog
 from agent import config as config_module
 from agent.daemon import Agent, ExecutorUnavailable
 from agent.registration import RegistrationRefused
-from shared import logs
+from shared import lifeline, logs
 from shared.config import ConfigError
 from shared.errors import ApiError
+from shared.statefiles import EXIT_DAMAGED_STATE, DamagedState
 from shared.systemd import Notifier
 
 
@@ -34,13 +35,14 @@ async def serve(agent: Agent, notifier: Notifier | None = None) -> int:
     def on_signal(signum: int) -> None:
         nonlocal signals_seen
         signals_seen += 1
+        # Act first, then log: the stop must happen even if the log line cannot be written.
         if signals_seen == 1:
-            log.info("stopping gracefully", signal=signal.Signals(signum).name)
             stop_requested.set()
+            log.info("stopping gracefully", signal=signal.Signals(signum).name)
         else:
-            log.warning("second signal: cancelling running jobs now", signal=signal.Signals(signum).name)
-            agent.supervisor.accepting = False
+            agent.runner_state.stop()
             agent.spawn(agent.supervisor.cancel_running("agent stopped by signal"), "cancel-on-signal")
+            log.warning("second signal: cancelling running jobs now", signal=signal.Signals(signum).name)
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
@@ -57,6 +59,13 @@ async def serve(agent: Agent, notifier: Notifier | None = None) -> int:
     loop.add_signal_handler(signal.SIGHUP, reload)
     # Kept apart from the agent's own tasks: keep-alives go on while running jobs drain at shutdown.
     keepalive = asyncio.create_task(notifier.keepalive_forever(status), name="agent:systemd-keepalive")
+
+    def on_launcher_exit() -> None:
+        if not stop_requested.is_set():  # already stopping: the launcher's end changes nothing
+            stop_requested.set()
+            log.warning("the launcher exited; stopping gracefully")
+
+    lifeline.watch(loop, on_launcher_exit)
     try:
         notifier.status("starting: registering with the coordinator")
         start = asyncio.create_task(agent.start())
@@ -118,7 +127,11 @@ def main(argv: list[str] | None = None) -> int:
         where = args.config or "(defaults)"
         print(f"rustci-agent: config error in {where}: {e}", file=sys.stderr)
         return 2
-    return asyncio.run(serve(agent, Notifier.from_environment()))
+    try:
+        return asyncio.run(serve(agent, Notifier.from_environment()))
+    except DamagedState as e:
+        print(f"rustci-agent: {e}", file=sys.stderr)
+        return EXIT_DAMAGED_STATE
 
 
 if __name__ == "__main__":

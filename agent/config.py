@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from shared.config import Settings, load_settings
+from shared.http import ServerTimeouts
 from shared.models import MIN_MASKED_LENGTH, DockerConfig, EnvName, Label, ResourceLimits
 
 ENV_OVERRIDES = {
@@ -64,7 +65,7 @@ class RunnerSettings(Settings):
     """Extra metadata; the agent adds os, arch, hostname and versions itself."""
 
 
-class Listen(Settings):
+class Listen(ServerTimeouts):
     host: str = "127.0.0.1"
     """Interface the agent's API binds to."""
     port: int = Field(default=8081, ge=0, le=65535)

@@ -37,8 +37,7 @@ class RunnerControl:
         agent = self._agent
         reason = request.reason or "runner stopped"
         timeout = request.timeout if request.timeout is not None else agent.config.shutdown_timeout
-        agent.state = "stopped"
-        agent.supervisor.accepting = False
+        agent.runner_state.stop()
         await agent.store.set_setting(STOPPED_KEY, "1")  # a stopped runner stays stopped across restarts
         log.info("runner stopping", graceful=request.graceful, timeout=timeout, reason=reason)
         if request.graceful:
@@ -50,14 +49,13 @@ class RunnerControl:
 
     async def start(self) -> ControlResult:
         agent = self._agent
-        agent.state = "starting"
+        agent.runner_state.transition("starting")
         self._replace(self._start())
         return ControlResult(message="Runner started successfully", status="starting")
 
     async def restart(self, request: RestartRequest) -> ControlResult:
         agent = self._agent
-        agent.state = "restarting"
-        agent.supervisor.accepting = False
+        agent.runner_state.transition("restarting")
         self._replace(self._restart(request))
         return ControlResult(message="Runner restart initiated", status="restarting")
 
@@ -68,12 +66,11 @@ class RunnerControl:
         problem = await agent.check_executor()
         if problem:
             # The executor watch moves it to running once the executor can run jobs again.
-            agent.state = "error"
+            agent.runner_state.error()
             await agent.send_heartbeat()
             log.error("runner started, but its executor cannot run jobs yet", error=problem)
             return
-        agent.state = "running"
-        agent.supervisor.resume_accepting()
+        agent.runner_state.start()
         await agent.send_heartbeat()
         log.info("runner started")
 

@@ -89,7 +89,10 @@ class CoordinatorClient:
             ) as response:
                 data = await response.json(content_type=None)
                 if response.status >= 400:
-                    raise from_envelope(response.status, data)
+                    error = from_envelope(response.status, data)
+                    if "Retry-After" in response.headers:  # how long a 429 or 503 asks the caller to wait
+                        error.details.setdefault("retry_after", response.headers["Retry-After"])
+                    raise error
                 return data
         except ApiError:
             raise

@@ -29,6 +29,7 @@ from agent.identity import Identity
 from agent.metrics import AgentMetrics
 from agent.registration import ensure_registered
 from agent.runner import JobRunner
+from agent.runner_state import RunnerState
 from agent.runtime_config import RuntimeConfig
 from agent.shipping import Outbox, Shipper
 from agent.store import AgentStore
@@ -87,13 +88,17 @@ class Agent:
         self.runtime = RuntimeConfig(config, self.store, self._config_changed)
         self.control = RunnerControl(self)
         self.shipper = Shipper(self.store, self.outbox, self.client, self.identity, self._forgotten)
-        self.state: AgentState = "starting"
+        self.runner_state = RunnerState(self.supervisor)
         self.heartbeat_failures = 0
         self._tasks = TaskSet("agent")
         self._site_runner: web.AppRunner | None = None
         self._reregister = asyncio.Event()
         self.port = config.listen.port
         self.stopped = asyncio.Event()
+
+    @property
+    def state(self) -> AgentState:
+        return self.runner_state.state
 
     # --- identity ------------------------------------------------------------------------------------------
 
@@ -181,13 +186,10 @@ class Agent:
         while True:
             problem = await self.check_executor()
             if problem and self.state == "running":
-                self.state = "error"
-                self.supervisor.accepting = False
+                self.runner_state.error()
                 log.error("executor cannot run jobs; taking none until it can", error=problem)
                 await self.send_heartbeat()
-            elif not problem and self.state == "error":
-                self.state = "running"
-                self.supervisor.resume_accepting()
+            elif not problem and self.runner_state.recovered():
                 log.info("executor can run jobs again")
                 await self.send_heartbeat()
             await asyncio.sleep(self.config.heartbeat_interval)
@@ -231,14 +233,12 @@ class Agent:
         await self.supervisor.resume(self.executor.recover)
         if await control.stopped_before(self):
             log.info("runner was stopped before the agent restarted; it stays stopped until started")
-            self.state = "stopped"
-            self.supervisor.accepting = False
+            self.runner_state.stop()
         elif problem := await self.check_executor():
             log.error("executor cannot run jobs; taking none until it can", error=problem)
-            self.state = "error"
-            self.supervisor.accepting = False
+            self.runner_state.error()
         else:
-            self.state = "running"
+            self.runner_state.start()
         self._tasks.spawn(self.outbox.run_writer(), "log-writer")
         self._tasks.spawn(self.shipper.run(), "shipper")
         self._tasks.spawn(self.supervisor.run(), "supervisor")
@@ -255,7 +255,7 @@ class Agent:
 
     async def stop(self, timeout: float | None = None) -> None:
         """Graceful: running jobs get ``timeout`` seconds (default ``shutdown_timeout``), then are cancelled."""
-        self.state = "stopped"
+        self.runner_state.stop()
         await self.supervisor.drain(self.config.shutdown_timeout if timeout is None else timeout)
         await self.outbox.flush()
         await self._ship_remaining(deadline=2.0)

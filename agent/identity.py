@@ -7,6 +7,8 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from shared.statefiles import DamagedState
+
 
 @dataclass(frozen=True)
 class Identity:
@@ -19,14 +21,23 @@ def path_in(state_dir: Path) -> Path:
     return state_dir / "identity.json"
 
 
+ADVICE = "move it aside to register as a new runner (the coordinator then lists the old one as inactive)"
+
+
 def load(state_dir: Path) -> Identity | None:
+    path = path_in(state_dir)
     try:
-        data = json.loads(path_in(state_dir).read_text(encoding="utf-8"))
-        return Identity(data["runner_id"], data["token"], data["coordinator_url"])
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return Identity(str(data["runner_id"]), str(data["token"]), str(data["coordinator_url"]))
     except FileNotFoundError:
         return None
+    except IsADirectoryError:
+        raise DamagedState(path, "is a directory, not the runner identity file", ADVICE) from None
+    except OSError as e:
+        raise DamagedState(path, f"cannot be read ({e.strerror or e})", "check its owner and permissions") from None
     except (ValueError, KeyError, TypeError) as e:
-        raise RuntimeError(f"{path_in(state_dir)} is damaged ({e}); remove it to register as a new runner") from e
+        problem = f"is damaged ({type(e).__name__}: {e})" if not isinstance(e, KeyError) else f"lacks {e}"
+        raise DamagedState(path, problem, ADVICE) from None
 
 
 def save(state_dir: Path, identity: Identity) -> None:

@@ -27,6 +27,7 @@ from prometheus_client.registry import Collector
 
 from agent import sysinfo
 from agent.executors.base import Executor, ExecutorError, JobContext, OutputSink, StepContext
+from shared.logs import DroppedLines
 from shared.models import TERMINAL_JOB_STATUSES, MetricSample
 from shared.prometheus import daemon_registry
 from shared.sqlite import Database
@@ -156,6 +157,7 @@ class AgentMetrics:
             self.executor_errors.labels(phase)
         self._scraped = _Scraped()
         self.registry.register(self._scraped)
+        self.registry.register(DroppedLines())
         self.samples = SampleBuffer(sample_limit)
 
     # --- Prometheus ----------------------------------------------------------------------------------------

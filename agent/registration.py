@@ -1,30 +1,63 @@
 """Registering the runner, or re-announcing the one this agent already is.
 
 A kept identity is reused: the agent updates its runner's host, port and metadata and never creates a
-second runner. If the coordinator no longer knows the id, the agent registers anew and says so. While the
-coordinator is unreachable it retries with exponential backoff (tenacity), indefinitely.
+second runner. If the coordinator no longer knows the id, the agent registers anew and says so.
+
+While the coordinator is unreachable, answers 5xx, or rate-limits the agent (429), registration retries,
+indefinitely: after a 429 or 503 it waits as the answer's ``Retry-After`` says, otherwise with exponential
+backoff and jitter (tenacity), so many hosts booting at once do not retry in step. Only a refusal (a bad or
+missing key, a registration the coordinator will never accept) stops the agent.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 from typing import Any
 
 import structlog
-from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential_jitter
 
 from agent import identity as identity_store
 from agent import sysinfo
 from agent.config import AgentConfig
 from agent.coordinator_client import CoordinatorClient, CoordinatorUnreachable
 from agent.identity import Identity
-from shared.errors import AuthenticationRequired, RunnerNotFound
+from shared.errors import ApiError, AuthenticationRequired, RateLimitExceeded, RunnerNotFound
 
 log = structlog.get_logger(__name__)
 
 
 class RegistrationRefused(Exception):
     """The coordinator answered but will not register this agent (bad key, invalid config): fatal."""
+
+
+MAX_RETRY_AFTER = 300.0
+"""The longest a ``Retry-After`` is obeyed (seconds); a larger one is capped, never trusted blindly."""
+_backoff = wait_exponential_jitter(multiplier=0.1, max=30, jitter=0.5)
+
+
+def _transient(error: BaseException) -> bool:
+    """Worth waiting for: no answer, an overloaded or failing coordinator, a rate limit."""
+    if isinstance(error, CoordinatorUnreachable | RateLimitExceeded):
+        return True
+    return isinstance(error, ApiError) and error.status >= 500
+
+
+def _retry_after(error: BaseException | None) -> float | None:
+    raw = error.details.get("retry_after") if isinstance(error, ApiError) else None
+    try:
+        return min(max(float(raw), 0.0), MAX_RETRY_AFTER) if raw is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _wait(state: RetryCallState) -> float:
+    """As long as the coordinator's ``Retry-After`` says (plus a little jitter), else exponential backoff."""
+    asked = _retry_after(state.outcome.exception() if state.outcome else None)
+    if asked is not None:
+        return asked + random.uniform(0, min(1.0, asked / 10 + 0.1))
+    return float(_backoff(state))
 
 
 async def announcement(config: AgentConfig) -> dict[str, Any]:
@@ -58,8 +91,8 @@ async def ensure_registered(config: AgentConfig, client: CoordinatorClient, port
     body = await announcement(config)
     body["port"] = port
     async for attempt in AsyncRetrying(
-        retry=retry_if_exception_type(CoordinatorUnreachable),
-        wait=wait_exponential_jitter(multiplier=0.1, max=30, jitter=0.1),
+        retry=retry_if_exception(_transient),
+        wait=_wait,
         before_sleep=lambda state: log.warning(
             "coordinator unreachable; will retry registration",
             url=config.coordinator.url,

@@ -143,11 +143,36 @@ class Supervisor:
         while True:
             while self.accepting and self._queue and len(self._running) < self.max_concurrent_jobs:
                 job = self._queue.popleft()
-                task = self._tasks.spawn(self._runner.run(job, self._cancel_reason), job.job_id)
+                task = self._tasks.spawn(self._run_guarded(job), job.job_id)
                 self._running[job.job_id] = task
                 task.add_done_callback(functools.partial(self._finished, job.job_id))
             await self._changed.wait()
             self._changed.clear()
+
+    async def _run_guarded(self, job: StoredJob) -> Outcome:
+        """Run one job; an error nothing below expected (a bug, a value the executor cannot take) ends the job
+        ``failed`` with its reason instead of leaving it ``running`` with nothing behind it: the last line of
+        defence, so no job hangs whatever goes wrong while starting or running its steps."""
+        try:
+            return await self._runner.run(job, self._cancel_reason)
+        except Exception as e:
+            reason = f"the agent could not run the job: {type(e).__name__}: {e}"
+            log.exception("job ended by an unexpected error", job_id=job.job_id)
+            known = await self._store.job_status(job.job_id)
+            attempt = max(known[1] if known else job.attempt, 1)
+            event = {
+                "kind": "job",
+                "job_id": job.job_id,
+                "attempt": attempt,
+                "status": "failed",
+                "at": isoformat(utcnow()),
+                "reason": reason,
+                "final": True,
+            }
+            line = {"kind": "log", "at": event["at"], "level": "error", "stream": "system"}
+            line.update({"job_id": job.job_id, "attempt": attempt, "message": f"Job failed: {job.job_id} ({reason})"})
+            await asyncio.shield(self._outbox.transition(job.job_id, "failed", attempt, event, line))
+            return Outcome("failed", reason=reason)
 
     def _finished(self, job_id: str, _task: object = None) -> None:
         self._running.pop(job_id, None)

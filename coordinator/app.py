@@ -24,6 +24,7 @@ from coordinator.sse import setup_log_feed
 from coordinator.store.metrics import MetricsStore, Retention
 from coordinator.store.sqlite import SqliteStore
 from coordinator.tickets import TicketBook
+from shared.http import setup_server
 from shared.tasks import TaskSet
 
 
@@ -96,6 +97,7 @@ async def _audit(app: web.Application) -> AsyncIterator[None]:
 def make_app(config: CoordinatorConfig) -> web.Application:
     app = web.Application(client_max_size=config.max_body_bytes)
     app[keys.CONFIG] = config
+    setup_server(app, config.listen)
     app[keys.CREDENTIALS] = auth.load_credentials(config)
     app[keys.RUNNER_TOKENS] = auth.TokenCache()
     app[keys.RATE_LIMITER] = RateLimiter(config.rate_limits)

@@ -10,7 +10,9 @@ and the config entry (with its hash) that enables it.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -20,8 +22,9 @@ from aiohttp import web
 from coordinator import api_keys, service, statedir, tls, tokens
 from coordinator import config as config_module
 from coordinator.app import make_app
-from shared import logs
+from shared import lifeline, logs
 from shared.config import ConfigError
+from shared.statefiles import EXIT_DAMAGED_STATE, DamagedState
 from shared.systemd import Notifier
 
 ROLES_HELP = (
@@ -104,20 +107,29 @@ def main(argv: list[str] | None = None) -> int:
             database=str(config.database_path),
         )
 
+    async def stop_with_launcher(_: web.Application) -> None:
+        # Stop as on SIGTERM (run_app's graceful shutdown) when a launcher that started this process exits.
+        lifeline.watch(asyncio.get_running_loop(), lambda: os.kill(os.getpid(), signal.SIGTERM))
+
     app.on_startup.append(announce)
+    app.on_startup.append(stop_with_launcher)
     notifier = Notifier.from_environment()
     service.setup_service(app, notifier, args.config)
-    web.run_app(
-        app,
-        host=config.listen.host,
-        port=config.listen.port,
-        ssl_context=ssl_context,
-        # run_app calls ``print`` once every site listens: the moment to say READY=1.
-        print=lambda _: service.announce_ready(app, notifier),
-        access_log=None,
-        shutdown_timeout=10,
-        handle_signals=True,
-    )
+    try:
+        web.run_app(
+            app,
+            host=config.listen.host,
+            port=config.listen.port,
+            ssl_context=ssl_context,
+            # run_app calls ``print`` once every site listens: the moment to say READY=1.
+            print=lambda _: service.announce_ready(app, notifier),
+            access_log=None,
+            shutdown_timeout=10,
+            handle_signals=True,
+        )
+    except DamagedState as e:
+        print(f"rustci-coordinator: {e}", file=sys.stderr)
+        return EXIT_DAMAGED_STATE
     log.info("coordinator stopped")
     return 0
 

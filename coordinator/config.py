@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from shared.config import Settings, load_settings
+from shared.http import ServerTimeouts
 
 ENV_OVERRIDES = {
     "RUSTCI_API_KEY": "auth.api_key",
@@ -33,7 +34,7 @@ JwtAlgorithm = Literal["HS256", "RS256", "ES256"]
 JWT_ALGORITHMS: tuple[JwtAlgorithm, ...] = ("HS256", "RS256", "ES256")
 
 
-class Listen(Settings):
+class Listen(ServerTimeouts):
     host: str = "127.0.0.1"
     """Interface to bind; ``0.0.0.0`` to serve other hosts."""
     port: int = Field(default=8080, ge=0, le=65535)

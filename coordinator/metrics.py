@@ -24,6 +24,7 @@ from prometheus_client.registry import Collector
 from coordinator.hub import Hub
 from coordinator.store.base import StatusChange
 from coordinator.store.metrics import MetricsStore
+from shared.logs import DroppedLines
 from shared.models import RUNNER_STATUSES, RUNNER_TYPES, TERMINAL_JOB_STATUSES, AgentEvent, LogEvent
 from shared.prometheus import daemon_registry
 
@@ -123,6 +124,7 @@ class CoordinatorMetrics:
         )
         self._scraped = _Scraped()
         self.registry.register(self._scraped)
+        self.registry.register(DroppedLines())
         # Per runner, the highest event sequence already counted, so a batch the agent resends (its
         # acknowledgement was lost) is not counted twice. Filled from the store the first time a runner sends.
         self._marks: dict[str, int] = {}

@@ -33,6 +33,8 @@ class Operation:
     body: type[BaseModel] | None = None
     status: int = 200
     params: tuple[Param, ...] = field(default_factory=tuple)
+    streams: bool = False
+    """Also answers ``text/event-stream`` (Server-Sent Events) when asked to follow."""
 
 
 LIMIT = Param("limit", "Maximum number of results", {"type": "integer", "minimum": 1, "maximum": m.MAX_LIST_LIMIT})
@@ -95,6 +97,7 @@ OPERATIONS: tuple[Operation, ...] = (
                 {"type": "string"},
             ),
         ),
+        streams=True,
     ),
     Operation("post", "/runners/{runner_id}/jobs", "Submit a job", m.JobSubmitResponse, m.JobSubmission, 201),
     Operation(
@@ -180,6 +183,8 @@ def document(extra_paths: dict[str, dict[str, Any]] | None = None) -> dict[str, 
                 "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorEnvelope"}}},
             },
         }
+        if op.streams:
+            responses[str(op.status)]["content"]["text/event-stream"] = {"schema": {"type": "string"}}
         operation: dict[str, Any] = {"summary": op.summary, "parameters": parameters, "responses": responses}
         if op.body is not None:
             operation["requestBody"] = {

@@ -8,7 +8,9 @@ the child's name; the ready banner (API URL, admin key, runner id, PIDs) goes to
 Ctrl-C or SIGTERM stops the agent first (it lets running jobs finish within its ``shutdown_timeout``; a
 second Ctrl-C makes it cancel them), then the coordinator, each within a bound and then SIGKILLed by PID.
 The children run in their own process group, so a Ctrl-C on the terminal reaches only this launcher and the
-stop order holds. If either child dies, the other is stopped and the exit status is non-zero.
+stop order holds. If either child dies, the other is stopped and the exit status is non-zero. If the launcher
+itself dies, by any signal (SIGKILL included), each child sees its lifeline pipe close (``shared.lifeline``)
+and stops as on SIGTERM, draining its work, so nothing is left running or holding the ports.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from pydantic import BaseModel
 from agent import config as agent_config
 from coordinator import config as coordinator_config
 from rustci.client import RustCIClient
+from shared import lifeline
 from shared.config import ConfigError, load_settings
 from shared.errors import ApiError
 from shared.timeutil import parse_iso
@@ -226,23 +229,32 @@ def _read_secret(configured: str | None, path: Path) -> str:
 class Child:
     """One daemon process: its log pump (prefixed lines to ``log_out``) and a task that ends when it exits."""
 
-    def __init__(self, name: str, proc: asyncio.subprocess.Process, log_out: TextIO) -> None:
+    def __init__(self, name: str, proc: asyncio.subprocess.Process, log_out: TextIO, lifeline: int) -> None:
         self.name = name
         self.proc = proc
+        self.lifeline = lifeline  # the pipe's writing end: open for as long as this launcher lives
         self.pump = asyncio.create_task(self._pump(log_out), name=f"{name}-log")
         self.exited = asyncio.create_task(proc.wait(), name=f"{name}-exit")
 
     @classmethod
     async def start(cls, name: str, args: list[str], env: dict[str, str], log_out: TextIO) -> Child:
-        proc = await asyncio.create_subprocess_exec(
-            *args,
-            env=env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            process_group=0,  # out of the terminal's foreground group: Ctrl-C reaches the launcher only
-        )
-        return cls(name, proc, log_out)
+        read_end, write_end = lifeline.child_end()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *args,
+                env={**env, lifeline.ENV: str(read_end)},
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                process_group=0,  # out of the terminal's foreground group: Ctrl-C reaches the launcher only
+                pass_fds=(read_end,),
+            )
+        except BaseException:
+            os.close(write_end)
+            raise
+        finally:
+            os.close(read_end)
+        return cls(name, proc, log_out, write_end)
 
     @property
     def pid(self) -> int:
@@ -288,7 +300,15 @@ class Child:
             async with asyncio.timeout(2.0):
                 await asyncio.shield(self.pump)
         self.pump.cancel()
+        self.close_lifeline()
         return self.exited.result()
+
+    def close_lifeline(self) -> None:
+        """Once the child has exited (closing it earlier would tell the child to stop a second time)."""
+        if self.lifeline >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.lifeline)
+            self.lifeline = -1
 
 
 @dataclass

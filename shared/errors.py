@@ -95,6 +95,13 @@ class RunnerUnavailable(ApiError):
     status = 503
 
 
+class StorageUnavailable(ApiError):
+    """The server's own storage refuses writes (disk full, read-only, I/O errors); retry once it recovers."""
+
+    code = "STORAGE_UNAVAILABLE"
+    status = 503
+
+
 class InternalError(ApiError):
     code = "INTERNAL_ERROR"
     status = 500

@@ -2,18 +2,24 @@
 
 Every failure leaves a server as the spec's envelope. Typed :class:`~shared.errors.ApiError` s map to their
 code and status; aiohttp's own HTTP errors (unknown route, wrong method, body too large) are translated; any
-other exception is a bug: logged with its traceback, answered ``INTERNAL_ERROR`` without one.
+other exception is a bug: logged with its traceback, answered ``INTERNAL_ERROR`` without one. Requests aiohttp
+cannot even parse (a request line over 8 KiB, a malformed header) never reach a middleware: :func:`setup_server`
+answers those with the envelope too, without echoing the bytes, and bounds how long a connection may sit idle
+or take to send its headers.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+from http import HTTPStatus
 from typing import Any, TypeVar
 
 import structlog
-from aiohttp import web
-from pydantic import BaseModel, ValidationError
+from aiohttp import web, web_protocol
+from pydantic import BaseModel, Field, ValidationError
 
+from shared.config import Settings
 from shared.errors import (
     ApiError,
     InternalError,
@@ -39,6 +45,91 @@ def json_response(data: BaseModel | dict[str, Any], status: int = 200) -> web.Re
 
 def error_response(error: ApiError) -> web.Response:
     return web.Response(text=dumps(error.envelope()), status=error.status, content_type="application/json")
+
+
+# --- the connection level: unparseable requests, idle and slow connections ------------------------------------
+
+
+class ServerTimeouts(Settings):
+    """Bounds on a client connection, for a daemon's ``listen`` settings."""
+
+    header_read_timeout: float = Field(default=10.0, gt=0, le=3600)
+    """Seconds a new connection may take to send its first request's headers before it is closed."""
+    keepalive_timeout: float = Field(default=15.0, gt=0, le=3600)
+    """Seconds an idle keep-alive connection stays open between requests (and for its next headers)."""
+
+
+def _bad_request_message(status: int, exc: BaseException | None) -> str:
+    """A fixed text per kind of parse error: never the client's bytes (aiohttp's own messages quote them)."""
+    name = type(exc).__name__ if exc is not None else ""
+    if name == "LineTooLong":
+        return "The request line or a header line is longer than this server accepts (8190 bytes)"
+    if name in ("BadHttpMethod", "BadStatusLine"):
+        return "The request line is not valid HTTP/1.1"
+    if name in ("InvalidHeader", "BadHttpMessage", "TransferEncodingError", "ContentLengthError"):
+        return "The request's headers or framing are not valid HTTP/1.1"
+    return HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Bad request"
+
+
+class _EnvelopeRequestHandler(web_protocol.RequestHandler):
+    header_read_timeout: float = 10.0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        # aiohttp closes a connection that has not sent a complete request by its keep-alive deadline; the
+        # first request's headers get the (usually shorter) header-read bound instead.
+        handle = getattr(self, "_keepalive_handle", None)
+        if handle is not None and self.header_read_timeout < self.keepalive_timeout:
+            handle.cancel()
+            deadline = self._loop.time() + self.header_read_timeout
+            self._next_keepalive_close_time = deadline
+            self._keepalive_handle = self._loop.call_at(deadline, self._process_keepalive)
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if request.writer.output_size > 0:
+            raise ConnectionError("Response is sent already, cannot send another response with the error message")
+        if status >= 500:
+            log.error("error handling a request", exc_info=exc)
+            error: ApiError = InternalError("Internal server error; the server log has the details")
+        else:
+            log.info("refused a request that is not valid HTTP", status=status, error=type(exc).__name__)
+            error = ApiError(_bad_request_message(status, exc))
+            error.status = status  # type: ignore[misc]
+            error.code = "INVALID_REQUEST"  # type: ignore[misc]
+        response = error_response(error)
+        response.force_close()
+        return response
+
+
+class _EnvelopeServer(web.Server):
+    handler_class: type[_EnvelopeRequestHandler] = _EnvelopeRequestHandler
+
+    def __call__(self) -> web_protocol.RequestHandler:
+        return self.handler_class(self, loop=self._loop, **self._kwargs)
+
+
+def setup_server(app: web.Application, timeouts: ServerTimeouts) -> None:
+    """Serve ``app`` with envelope answers to unparseable requests and the connection bounds of ``timeouts``,
+    however it is run (``web.run_app`` or an ``AppRunner``)."""
+    make_handler = app._make_handler
+    handler_class = type(
+        "RequestHandler", (_EnvelopeRequestHandler,), {"header_read_timeout": timeouts.header_read_timeout}
+    )
+
+    def _make_handler(**kwargs: Any) -> web.Server:
+        kwargs["keepalive_timeout"] = timeouts.keepalive_timeout
+        server = make_handler(**kwargs)
+        server.__class__ = _EnvelopeServer
+        server.handler_class = handler_class  # type: ignore[attr-defined]
+        return server
+
+    app._make_handler = _make_handler  # type: ignore[method-assign]
 
 
 def _translate(exc: web.HTTPException, request: web.Request) -> ApiError:

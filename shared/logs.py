@@ -6,21 +6,72 @@ in one journal or one collector can be told apart.
 
 The level is applied by the first processor rather than by structlog's filtering wrapper, and the processor
 list is one list changed in place: loggers cached on first use then follow a reload too.
+
+Logging never raises into its caller. A daemon whose stderr went away (a closed pipe, a full disk, a launcher
+that died) keeps serving and still stops on a signal: a line that cannot be rendered or written is dropped
+and counted, and both daemons export the count as ``rustci_log_lines_dropped_total``.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import MutableMapping
+import threading
+from collections.abc import Iterator, MutableMapping
 from typing import Any, Literal
 
 import structlog
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 LogFormat = Literal["json", "console", "auto"]
 
 _state: dict[str, Any] = {"level": logging.INFO, "component": None}
 _processors: list[structlog.types.Processor] = []
+_dropped = 0
+_dropped_lock = threading.Lock()
+
+
+def _drop() -> None:
+    global _dropped
+    with _dropped_lock:
+        _dropped += 1
+
+
+def dropped_lines() -> int:
+    """Log lines this process could not render or write since it started."""
+    return _dropped
+
+
+class DroppedLines(Collector):
+    """``rustci_log_lines_dropped_total``, for a daemon's own Prometheus registry."""
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            "rustci_log_lines_dropped", "Log lines dropped because they could not be written.", value=dropped_lines()
+        )
+
+
+class _DroppingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The standard library's handler, counting a failed write instead of printing a traceback about it."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        _drop()
+
+
+def _never_raising(level: int) -> type[Any]:
+    """The filtering bound logger for ``level``, whose calls drop and count a line instead of raising."""
+    base: type[Any] = structlog.make_filtering_bound_logger(level)
+
+    class NeverRaising(base):  # type: ignore[misc]
+        def _proxy_to_logger(self, method_name: str, event: str | None = None, **event_kw: Any) -> Any:
+            try:
+                return super()._proxy_to_logger(method_name, event, **event_kw)
+            except Exception:  # a closed or full stderr, an unrenderable value: never the caller's problem
+                _drop()
+                return None
+
+    return NeverRaising
 
 
 def enabled_for(level: int) -> bool:
@@ -79,12 +130,12 @@ def configure(level: str = "info", fmt: LogFormat = "auto", component: str | Non
     ]
     structlog.configure(
         processors=_processors,
-        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
+        wrapper_class=_never_raising(logging.DEBUG),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
     # Route the standard library's records (aiohttp, asyncio) through the same renderer.
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _DroppingStreamHandler(sys.stderr)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             processor=renderer,

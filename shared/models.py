@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, ValidationInfo, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, ValidationInfo, field_validator
 
 from shared.timeutil import isoformat
 
@@ -139,6 +139,24 @@ class Identity(Response):
 # --- jobs --------------------------------------------------------------------------------------------------
 
 EnvName = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+
+
+def _exec_safe(value: str) -> str:
+    """Refuse what ``execve`` cannot take: a NUL ends a C string, and a lone surrogate has no UTF-8 bytes.
+
+    Checked at submission so the client hears which field is wrong, instead of a job that cannot start."""
+    if "\x00" in value:
+        raise ValueError("must not contain a NUL character (\\u0000)")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode text (it contains a lone surrogate such as \\ud800)") from None
+    return value
+
+
+ExecText = Annotated[str, AfterValidator(_exec_safe)]
+"""Text that reaches a process: a step's script, an environment value, a working directory."""
+
 MIN_MASKED_LENGTH = 4
 """A masked value shorter than this is refused: masking it would garble ordinary output."""
 MAX_TIMEOUT = 7 * 24 * 3600
@@ -146,11 +164,11 @@ MAX_TIMEOUT = 7 * 24 * 3600
 
 class StepSpec(Request):
     name: str = Field(min_length=1, max_length=128, pattern=NAME_PATTERN)
-    run: str = Field(min_length=1, max_length=1_000_000)
-    env: dict[EnvName, str] = Field(default_factory=dict)
+    run: ExecText = Field(min_length=1, max_length=1_000_000)
+    env: dict[EnvName, ExecText] = Field(default_factory=dict)
     timeout: int | None = Field(default=None, gt=0, le=MAX_TIMEOUT)
     continue_on_error: bool = False
-    working_directory: str | None = Field(default=None, max_length=1024)
+    working_directory: ExecText | None = Field(default=None, max_length=1024)
 
     @field_validator("working_directory")
     @classmethod
@@ -165,7 +183,7 @@ class StepSpec(Request):
 class JobSubmission(Request):
     name: str = Field(min_length=1, max_length=256, pattern=NAME_PATTERN)
     steps: list[StepSpec] = Field(min_length=1, max_length=200)
-    environment: dict[EnvName, str] = Field(default_factory=dict)
+    environment: dict[EnvName, ExecText] = Field(default_factory=dict)
     image: str | None = Field(default=None, max_length=512, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$")
     """Container image for the job's steps (Docker and Kubernetes runners; default: the runner's image).
     Native runners run steps on the host and ignore it."""

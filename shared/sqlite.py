@@ -6,11 +6,19 @@ runs (aiosqlite would pay a hop per statement), and atomicity follows from the f
 
 WAL with ``synchronous=NORMAL``: a committed transaction survives the process being killed (SIGKILL); a power
 loss may take the last few commits. That is the documented trade-off for an embedded CI store.
+
+When the storage refuses writes (disk full, a read-only file system, I/O errors) an operation raises
+:class:`~shared.errors.StorageUnavailable` (503 ``STORAGE_UNAVAILABLE``), its transaction rolled back, so
+nothing half-done is kept and the client knows to retry. The database remembers the problem until a write
+succeeds again, or until :meth:`Database.storage_problem` finds space again, so health reports turn back by
+themselves.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -19,8 +27,36 @@ from typing import TypeVar
 
 import structlog
 
+from shared.errors import StorageUnavailable
+from shared.statefiles import DamagedState
+
 T = TypeVar("T")
+DAMAGED_ADVICE = (
+    "restore it from a backup, or move it aside (with its -wal and -shm files) to start with an empty one;"
+    " what it held is then lost"
+)
 log = structlog.get_logger(__name__)
+
+
+STORAGE_ERRORS = ("disk is full", "readonly", "disk i/o error", "read-only", "unable to open database file")
+"""How SQLite words a refusal of the storage itself (its result codes are not exposed before Python 3.11.4)."""
+PROBE_BYTES = 64 * 1024
+
+
+def _storage_error(e: sqlite3.Error) -> str | None:
+    text = str(e).lower()
+    return str(e) if any(marker in text for marker in STORAGE_ERRORS) else None
+
+
+def _damage(path: Path, e: sqlite3.DatabaseError) -> DamagedState:
+    text = str(e)
+    if "locked" in text:
+        return DamagedState(path, "is in use by another process", "stop the other daemon using this state directory")
+    if isinstance(e, sqlite3.OperationalError):
+        return DamagedState(
+            path, f"cannot be opened ({text})", "check the owner, permissions and free space of its directory"
+        )
+    return DamagedState(path, f"is damaged ({text})", DAMAGED_ADVICE)
 
 
 class Database:
@@ -32,12 +68,24 @@ class Database:
         self._closed = False
         self.errors = 0
         """Operations that failed with a storage error (not a constraint violation) since start, for metrics."""
+        self._problem: str | None = None
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         await asyncio.get_running_loop().run_in_executor(self._executor, self._open_sync)
 
     def _open_sync(self) -> None:
+        if self.path.is_dir():
+            raise DamagedState(self.path, "is a directory, not a database", DAMAGED_ADVICE)
+        try:
+            self._open_checked()
+        except sqlite3.DatabaseError as e:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+            raise _damage(self.path, e) from None
+
+    def _open_checked(self) -> None:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA journal_mode=WAL")
@@ -82,9 +130,9 @@ class Database:
             return operation(self._conn)
         except sqlite3.IntegrityError:
             raise
-        except sqlite3.Error:
+        except sqlite3.Error as e:
             self.errors += 1  # only ever on the database thread
-            raise
+            raise self._refused(e) from e
 
     def _transact(self, operation: Callable[[sqlite3.Connection], T]) -> T:
         conn = self._conn
@@ -95,15 +143,57 @@ class Database:
             try:
                 result = operation(conn)
             except BaseException:
-                conn.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):  # SQLite may have rolled back already (disk full)
+                    conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
         except sqlite3.IntegrityError:
             raise
-        except sqlite3.Error:
+        except sqlite3.Error as e:
             self.errors += 1  # only ever on the database thread
-            raise
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            raise self._refused(e) from e
+        self._problem = None
         return result
+
+    def _refused(self, e: sqlite3.Error) -> Exception:
+        """A storage refusal becomes :class:`StorageUnavailable` (and is remembered); anything else is re-raised."""
+        problem = _storage_error(e)
+        if problem is None:
+            return e
+        if self._problem is None:
+            log.error("storage refuses writes", database=str(self.path), error=problem)
+        self._problem = problem
+        return StorageUnavailable(
+            "The server's storage is unavailable (disk full or read-only); retry later", reason=problem
+        )
+
+    async def storage_problem(self) -> str | None:
+        """The storage problem the last write met, or None. While there is one, each call checks whether a
+        write of :data:`PROBE_BYTES` fits in the database's directory again, and clears it if so."""
+        if self._problem is not None:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._probe)
+        return self._problem
+
+    def _probe(self) -> None:
+        probe = self.path.with_name(f".{self.path.name}.probe")
+        try:
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, b"\0" * PROBE_BYTES)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError:
+            return
+        finally:
+            with contextlib.suppress(OSError):
+                probe.unlink()
+        if self._problem is not None:
+            log.info("storage accepts writes again", database=str(self.path))
+        self._problem = None
 
     async def close(self) -> None:
         if self._closed:

@@ -103,6 +103,9 @@ class SqliteStore:
     async def close(self) -> None:
         await self.db.close()
 
+    async def storage_problem(self) -> str | None:
+        return await self.db.storage_problem()
+
     # --- runners -------------------------------------------------------------------------------------------
 
     async def insert_runner(self, runner: RunnerRecord) -> None:

@@ -50,7 +50,7 @@ BAD_FILES: dict[str, tuple[str, str, list[str]]] = {
     "coordinator-unknown-nested-key": (
         "coordinator",
         "listen:\n  host: 127.0.0.1\n  prot: 8080\n",
-        ["listen.prot: unknown key", "allowed: host, port"],
+        ["listen.prot: unknown key", "allowed: header_read_timeout, keepalive_timeout, host, port"],
     ),
     "coordinator-port-out-of-range": (
         "coordinator",
