@@ -9,6 +9,9 @@ import aiohttp
 from shared.errors import ApiError, from_envelope
 from shared.http import dumps
 
+# What a refused WebSocket handshake's status means (its body, the error envelope, is not read by aiohttp).
+_CODES = {401: "AUTHENTICATION_REQUIRED", 403: "AUTHORIZATION_FAILED", 404: "RUNNER_NOT_FOUND"}
+
 
 class CoordinatorUnreachable(Exception):
     """The coordinator did not answer (refused, reset, timed out); worth retrying later."""
@@ -16,7 +19,8 @@ class CoordinatorUnreachable(Exception):
 
 class CoordinatorClient:
     def __init__(self, base_url: str, timeout: float) -> None:
-        self.base_url = base_url.rstrip("/") + "/api"
+        self.root_url = base_url.rstrip("/")
+        self.base_url = self.root_url + "/api"
         self._timeout = timeout
         self._session: aiohttp.ClientSession | None = None
 
@@ -30,6 +34,30 @@ class CoordinatorClient:
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+    async def ws_connect(self, path: str, token: str, max_msg_size: int) -> aiohttp.ClientWebSocketResponse:
+        """Open a WebSocket at ``path`` (under the coordinator's URL) on this same session, authenticated with
+        ``token``; failures are :class:`CoordinatorUnreachable`, or the typed error the coordinator answered."""
+        if self._session is None:
+            raise RuntimeError("CoordinatorClient.start() was not awaited")
+        try:
+            return await self._session.ws_connect(
+                self.root_url + path,
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=self._timeout),
+                heartbeat=30,
+                max_msg_size=max_msg_size,
+                # Uncompressed: most of what it carries is small frames, where deflate costs more CPU than it
+                # saves on the wire.
+                compress=0,
+            )
+        except aiohttp.WSServerHandshakeError as e:
+            if 400 <= e.status < 500:
+                envelope = {"error": {"code": _CODES.get(e.status, ""), "message": e.message}}
+                raise from_envelope(e.status, envelope) from e
+            raise CoordinatorUnreachable(f"channel refused: HTTP {e.status}") from e
+        except (aiohttp.ClientError, TimeoutError, OSError) as e:
+            raise CoordinatorUnreachable(f"channel: {type(e).__name__}: {e}") from e
 
     async def call(self, method: str, path: str, token: str, body: Any = None, raw: str | None = None) -> Any:
         if self._session is None:

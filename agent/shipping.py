@@ -38,9 +38,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from aiohttp import ClientConnectorError
 
-from agent.coordinator_client import CoordinatorClient, CoordinatorUnreachable
+from agent.channel import Channel, ChannelDown
+from agent.coordinator_client import CoordinatorUnreachable
 from agent.identity import Identity
 from agent.logsink import now
 from agent.store import AgentStore
@@ -323,19 +323,21 @@ class Outbox:
 
 
 class Shipper:
+    """Sends the outbox over the channel, one batch at a time, and deletes what the coordinator acknowledged."""
+
     def __init__(
         self,
-        store: AgentStore,
         outbox: Outbox,
-        client: CoordinatorClient,
+        channel: Channel,
         identity: Callable[[], Identity],
         on_forgotten: Callable[[], None],
+        timeout: float,
     ) -> None:
-        self._store = store
         self._outbox = outbox
-        self._client = client
+        self._channel = channel
         self._identity = identity
         self._on_forgotten = on_forgotten
+        self._timeout = timeout
         self.failures = 0
 
     async def run(self) -> None:
@@ -343,16 +345,18 @@ class Shipper:
         while True:
             await self._outbox.pending.wait()
             self._outbox.pending.clear()
+            await self._channel.connected.wait()
             identity = self._identity()
             batch = await self._outbox.pending_batch(identity.runner_id)
             while batch is not None:
                 try:
                     acked, ahead = await self._send_reading_ahead(identity, batch)
                 except CoordinatorUnreachable as e:
-                    # Refused before anything was sent: certainly not delivered. Cut later: perhaps applied.
-                    self._outbox.unsent(batch, maybe_delivered=not isinstance(e.__cause__, ClientConnectorError))
+                    # Not sent (no channel): certainly not delivered. Cut later: perhaps applied.
+                    self._outbox.unsent(batch, maybe_delivered=not isinstance(e, ChannelDown) or e.sent)
                     self.failures += 1
-                    log.warning("coordinator unreachable; events kept for resend", error=str(e), retry_in=backoff)
+                    log.warning("coordinator unreachable; events kept for resend", error=str(e))
+                    await self._channel.connected.wait()
                 except (RunnerNotFound, AuthenticationRequired):
                     log.warning("coordinator no longer knows this runner", runner_id=identity.runner_id)
                     self._on_forgotten()
@@ -361,6 +365,8 @@ class Shipper:
                     self._outbox.unsent(batch, maybe_delivered=False)  # an answer: nothing was applied
                     self.failures += 1
                     log.error("coordinator refused an event batch", code=e.code, error=e.message, retry_in=backoff)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, MAX_BACKOFF)
                 else:
                     backoff = 0.05
                     await self._outbox.acknowledge(identity.runner_id, acked)
@@ -368,15 +374,13 @@ class Shipper:
                         ahead = await self._outbox.pending_batch(identity.runner_id)
                     batch = ahead
                     continue
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF)
                 identity = self._identity()
                 batch = await self._outbox.pending_batch(identity.runner_id)  # from the oldest again
 
     async def _send_reading_ahead(self, identity: Identity, batch: Batch) -> tuple[int, Batch | None]:
         """Send a batch and, while the coordinator stores it, read the next one: the local read is then off the
         critical path (the coordinator applies batches strictly one after the other anyway)."""
-        sending = asyncio.create_task(self._send(identity, batch), name="shipper:send")
+        sending = asyncio.create_task(self._send(batch), name="shipper:send")
         try:
             ahead = await self._outbox.pending_batch(identity.runner_id, after=batch.last_seq)
             return await sending, ahead
@@ -385,8 +389,6 @@ class Shipper:
                 sending.cancel()
                 await asyncio.gather(sending, return_exceptions=True)
 
-    async def _send(self, identity: Identity, batch: Batch) -> int:
-        answer = await self._client.call(
-            "POST", f"/runners/{identity.runner_id}/events", identity.token, raw=f'{{"events":[{batch.events}]}}'
-        )
+    async def _send(self, batch: Batch) -> int:
+        answer = await self._channel.request("events", f'{{"events":[{batch.events}]}}', self._timeout)
         return int(answer["acked_seq"])

@@ -8,7 +8,14 @@ from coordinator.openapi import OPERATIONS
 from tests.conftest import CoordinatorHandle, StartAgent
 
 # Routes that are not part of the public API description: the agents' channel and the live streams.
-INTERNAL = {"/runners/{runner_id}/heartbeat", "/runners/{runner_id}/events", "/runners/ws", "/openapi.json", "/health"}
+INTERNAL = {
+    "/runners/{runner_id}/heartbeat",
+    "/runners/{runner_id}/events",
+    "/runners/{runner_id}/channel",
+    "/runners/ws",
+    "/openapi.json",
+    "/health",
+}
 
 
 async def test_document_is_public_and_lists_every_public_route(coordinator: CoordinatorHandle) -> None:
