@@ -92,7 +92,12 @@ class Agent:
             self.client, self.identity, self._hello, api.calls(self), self._forgotten, self._channel_open
         )
         self.shipper = Shipper(
-            self.outbox, self.channel, self.identity, self._forgotten, config.coordinator.request_timeout
+            self.outbox,
+            self.channel,
+            self.identity,
+            self._forgotten,
+            config.coordinator.request_timeout,
+            on_quarantined=self.metrics.events_quarantined.inc,
         )
         self.docker_probe = sysinfo.DockerProbe()
         self.state: AgentState = "starting"
