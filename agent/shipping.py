@@ -35,7 +35,6 @@ import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import structlog
 
@@ -44,6 +43,7 @@ from agent.coordinator_client import CoordinatorUnreachable
 from agent.identity import Identity
 from agent.logsink import now
 from agent.store import AgentStore
+from shared import protocol
 from shared.errors import ApiError, AuthenticationRequired, RunnerNotFound
 
 log = structlog.get_logger(__name__)
@@ -73,12 +73,7 @@ class Batch:
 
 
 STATE_PREFIXES = ('{"kind":"step"', '{"kind":"job"')
-"""How an encoded state event starts (``emit_nowait`` encodes them compactly, kind first)."""
-
-
-def _encode(event: dict[str, Any]) -> str:
-    # Same encoding as AgentStore: compact and ASCII-only, so a body's length is its size in bytes.
-    return json.dumps(event, separators=(",", ":"))
+"""How an encoded state event starts (``shared.protocol`` encodes them compactly, kind first)."""
 
 
 class Outbox:
@@ -116,19 +111,19 @@ class Outbox:
 
     # --- writing ---------------------------------------------------------------------------------------
 
-    async def transition(self, job_id: str, status: str, attempt: int, *events: dict[str, Any]) -> None:
-        """Record a job's state and queue the events that report it, after any buffered entries, in one
-        transaction (the job's state and its report are never out of step after a crash)."""
-        await self._write([_encode(event) for event in events], job_state=(job_id, status, attempt))
+    async def transition(self, job_id: str, status: str, attempt: int, *events: str) -> None:
+        """Record a job's state and queue the events that report it (encoded by ``shared.protocol``), after any
+        buffered entries, in one transaction (the job's state and its report are never out of step after a
+        crash)."""
+        await self._write(list(events), job_state=(job_id, status, attempt))
 
-    async def emit(self, *events: dict[str, Any]) -> None:
-        await self._write([_encode(event) for event in events])
+    async def emit(self, *events: str) -> None:
+        await self._write(list(events))
 
-    def emit_nowait(self, *events: dict[str, Any]) -> None:
+    def emit_nowait(self, *events: str) -> None:
         """Queue events behind the buffered lines without waiting for the disk (step transitions): the writer
         stores them shortly, and the job's next transition stores them first in its own transaction."""
-        for event in events:
-            self._lines.append(_encode(event))
+        self._lines.extend(events)
         self._lines_waiting.set()
 
     def line(self, body: str) -> None:
@@ -264,7 +259,7 @@ class Outbox:
             f"Dropped {count} log entries ({size} bytes) that had not reached the coordinator:"
             f" the agent's log spool is limited to {self.spool_max_bytes} bytes"
         )
-        return _encode({"kind": "log", "at": now(), "level": "warn", "message": message, "stream": "system"})
+        return protocol.log_event(now(), "warn", message)
 
     # --- reading and acknowledging (the shipper) ------------------------------------------------------------
 

@@ -192,3 +192,79 @@ def reply(frame_id: int, body: BaseModel) -> str:
 
 def error(frame_id: int, status: int, envelope_json: str) -> str:
     return f'{{"id":{frame_id},"kind":"error","status":{status},"body":{envelope_json}}}'
+
+
+# --- agent events: the outbox's entries ---------------------------------------------------------------------
+#
+# Each is encoded once, on the agent, compact and ASCII-only (so a body's length is its size in bytes), with
+# ``kind`` first; the outbox numbers it and the sequence is spliced in front when a batch is read
+# (``{"seq":N,`` + the body without its ``{``). Every encoder's output, so numbered, validates against the
+# coordinator's models (``shared.models.JobEvent``, ``StepEvent``, ``LogEvent``).
+
+
+def _encode(event: dict[str, Any]) -> str:
+    return json.dumps(event, separators=(",", ":"))
+
+
+def job_event(
+    job_id: str,
+    attempt: int,
+    status: str,
+    at: str,
+    *,
+    exit_code: int | None = None,
+    reason: str | None = None,
+    final: bool | None = None,
+) -> str:
+    """A job's state changed (``final``: this is its outcome; ``False``: an attempt ended, retries follow)."""
+    event: dict[str, Any] = {"kind": "job", "job_id": job_id, "attempt": attempt, "status": status, "at": at}
+    if final is not None:
+        event.update(exit_code=exit_code, reason=reason, final=final)
+    elif reason is not None:
+        event["reason"] = reason
+    return _encode(event)
+
+
+def step_event(
+    job_id: str, attempt: int, index: int, name: str, status: str, at: str, *, exit_code: int | None = None
+) -> str:
+    event = {"kind": "step", "job_id": job_id, "attempt": attempt, "index": index, "name": name, "status": status}
+    event["at"] = at
+    if status != "running":
+        event["exit_code"] = exit_code
+    return _encode(event)
+
+
+def log_event(
+    at: str,
+    level: str,
+    message: str,
+    *,
+    job_id: str | None = None,
+    step: str | None = None,
+    stream: str = "system",
+    attempt: int | None = None,
+) -> str:
+    """One log entry: something the agent says (``stream`` system), or, through :func:`log_template`, a line."""
+    entry: dict[str, Any] = {"kind": "log", "at": at, "level": level, "message": message}
+    if job_id is not None:
+        entry.update(job_id=job_id, stream=stream, attempt=attempt)
+    else:
+        entry["stream"] = stream
+    if step:
+        entry["step"] = step
+    return _encode(entry)
+
+
+LOG_START = '{"kind":"log","at":"'
+"""How every log entry starts: ``LOG_START + at + middle + json-quoted message + end`` (:func:`log_template`)."""
+
+
+def log_template(job_id: str, attempt: int, stream: str, step: str | None, level: str) -> tuple[str, str]:
+    """The JSON of a log entry around its time and message, built once per step and stream (the line path
+    then only quotes the text)."""
+    step_json = json.dumps(step) if step is not None else "null"
+    return (
+        f'","level":"{level}","message":',
+        f',"job_id":{json.dumps(job_id)},"step":{step_json},"stream":"{stream}","attempt":{attempt}}}',
+    )
