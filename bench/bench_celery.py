@@ -127,6 +127,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--in-flight", type=int, default=32)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+    try:
+        import celery  # noqa: F401
+    except ImportError:
+        print("bench_celery: skipped, Celery is not installed (pip install -e '.[bench]')", file=sys.stderr)
+        return 0
     report = measure(args)
     if args.json:
         import json
