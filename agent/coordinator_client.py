@@ -9,9 +9,6 @@ import aiohttp
 from shared.errors import ApiError, from_envelope
 from shared.http import dumps
 
-# What a refused WebSocket handshake's status means (its body, the error envelope, is not read by aiohttp).
-_CODES = {401: "AUTHENTICATION_REQUIRED", 403: "AUTHORIZATION_FAILED", 404: "RUNNER_NOT_FOUND"}
-
 
 class CoordinatorUnreachable(Exception):
     """The coordinator did not answer (refused, reset, timed out); worth retrying later."""
@@ -53,11 +50,25 @@ class CoordinatorClient:
             )
         except aiohttp.WSServerHandshakeError as e:
             if 400 <= e.status < 500:
-                envelope = {"error": {"code": _CODES.get(e.status, ""), "message": e.message}}
-                raise from_envelope(e.status, envelope) from e
+                raise await self._refusal(path, token, e) from e
             raise CoordinatorUnreachable(f"channel refused: HTTP {e.status}") from e
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
             raise CoordinatorUnreachable(f"channel: {type(e).__name__}: {e}") from e
+
+    async def _refusal(self, path: str, token: str, refused: aiohttp.WSServerHandshakeError) -> Exception:
+        """Why the handshake was refused, as the coordinator's typed error: aiohttp does not read the refusal's
+        body, so the same URL is asked once more without the upgrade (a coordinator that does not know the
+        runner answers RUNNER_NOT_FOUND; one without the channel route, NOT_FOUND, which is no reason to
+        register again)."""
+        assert self._session is not None
+        try:
+            async with self._session.get(self.root_url + path, headers={"Authorization": f"Bearer {token}"}) as r:
+                data = await r.json(content_type=None)
+                if r.status >= 400:
+                    return from_envelope(r.status, data)
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            pass
+        return CoordinatorUnreachable(f"channel refused: HTTP {refused.status} {refused.message}")
 
     async def call(self, method: str, path: str, token: str, body: Any = None, raw: str | None = None) -> Any:
         if self._session is None:
