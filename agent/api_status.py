@@ -1,19 +1,20 @@
 """The agent's live view of its runner: status and health for the coordinator, and the Prometheus scrape.
 
-The coordinator proxies ``GET /runners/{id}/status`` and ``/health`` here, so both answer from the host itself:
-the load now, the Docker daemon asked now (cached for a few seconds), free disk and memory against the
-thresholds in the agent's config. ``/metrics`` needs no token, like the coordinator's.
+The coordinator asks for ``GET /runners/{id}/status`` and ``/health`` over the channel, so both answer from the
+host itself: the load now, the Docker daemon asked now (cached for a few seconds), free disk and memory against
+the thresholds in the agent's config. ``/metrics`` (on the agent's local HTTP API) needs no token.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from agent import sysinfo
 from agent.config import AgentConfig
-from agent.keys import AGENT, DOCKER_PROBE
-from shared.http import json_response
+from agent.keys import AGENT
 from shared.models import (
     CapabilityState,
     CheckStatus,
@@ -24,6 +25,9 @@ from shared.models import (
     overall_health,
 )
 from shared.timeutil import utcnow
+
+if TYPE_CHECKING:
+    from agent.daemon import Agent
 
 STATE_TO_STATUS: dict[str, RunnerStatus] = {
     "running": "active",
@@ -64,30 +68,26 @@ async def host_checks(config: AgentConfig, probe: sysinfo.DockerProbe) -> dict[s
     return checks
 
 
-async def status(request: web.Request) -> web.Response:
-    agent = request.app[AGENT]
+async def status_view(agent: Agent) -> RunnerStatusView:
     config = agent.config
-    checks = await host_checks(config, request.app[DOCKER_PROBE])
+    checks = await host_checks(config, agent.docker_probe)
     capabilities: dict[str, CapabilityState] = {name: "available" for name in config.runner.capabilities}
     if "docker_daemon" in checks and "docker" in capabilities:
         capabilities["docker"] = "available" if checks["docker_daemon"].status == "pass" else "unavailable"
-    view = RunnerStatusView(
+    return RunnerStatusView(
         runner_id=agent.identity().runner_id,
         status=STATE_TO_STATUS.get(agent.state, "error"),
         health=overall_health(checks),
         current_load=sysinfo.load(config.state_dir, agent.supervisor.active_jobs, agent.supervisor.queued_jobs),
         capabilities_status=capabilities,
     )
-    return json_response(view)
 
 
-async def health(request: web.Request) -> web.Response:
-    agent = request.app[AGENT]
-    checks = await host_checks(agent.config, request.app[DOCKER_PROBE])
-    view = RunnerHealthView(
+async def health_view(agent: Agent) -> RunnerHealthView:
+    checks = await host_checks(agent.config, agent.docker_probe)
+    return RunnerHealthView(
         runner_id=agent.identity().runner_id, health=overall_health(checks), checks=checks, last_check=utcnow()
     )
-    return json_response(view)
 
 
 async def prometheus(request: web.Request) -> web.Response:
@@ -96,10 +96,3 @@ async def prometheus(request: web.Request) -> web.Response:
         agent.store.db, agent.supervisor.active_jobs, agent.supervisor.queued_jobs, agent.outbox.dropped_entries
     )
     return web.Response(body=agent.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-
-def setup(app: web.Application) -> None:
-    app[DOCKER_PROBE] = sysinfo.DockerProbe()
-    app.router.add_get("/metrics", prometheus)
-    app.router.add_get("/api/runners/{runner_id}/status", status)
-    app.router.add_get("/api/runners/{runner_id}/health", health)

@@ -67,10 +67,11 @@ class RunnerSettings(Settings):
 
 class Listen(ServerTimeouts):
     host: str = "127.0.0.1"
-    """Interface the agent's API binds to."""
+    """Interface the agent's local HTTP API (``/health``, ``/metrics``) binds to."""
     port: int = Field(default=8081, ge=0, le=65535)
     advertise_host: str | None = None
-    """Host the coordinator should call back on; default ``host`` (or this machine's name when ``host`` is 0.0.0.0)."""
+    """Host shown in the runner's record, information only (the coordinator never connects to agents); default
+    ``host`` (or this machine's name when ``host`` is 0.0.0.0)."""
 
 
 class Log(Settings):

@@ -49,7 +49,8 @@ def tls_context(
 
 class CoordinatorClient:
     def __init__(self, base_url: str, timeout: float, tls: ssl.SSLContext | None = None) -> None:
-        self.base_url = base_url.rstrip("/") + "/api"
+        self.root_url = base_url.rstrip("/")
+        self.base_url = self.root_url + "/api"
         self._timeout = timeout
         self._tls = tls
         self._session: aiohttp.ClientSession | None = None
@@ -76,6 +77,44 @@ class CoordinatorClient:
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+    async def ws_connect(self, path: str, token: str, max_msg_size: int) -> aiohttp.ClientWebSocketResponse:
+        """Open a WebSocket at ``path`` (under the coordinator's URL) on this same session, authenticated with
+        ``token``; failures are :class:`CoordinatorUnreachable`, or the typed error the coordinator answered."""
+        if self._session is None:
+            raise RuntimeError("CoordinatorClient.start() was not awaited")
+        try:
+            return await self._session.ws_connect(
+                self.root_url + path,
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=self._timeout),
+                heartbeat=30,
+                max_msg_size=max_msg_size,
+                # Uncompressed: most of what it carries is small frames, where deflate costs more CPU than it
+                # saves on the wire.
+                compress=0,
+            )
+        except aiohttp.WSServerHandshakeError as e:
+            if 400 <= e.status < 500:
+                raise await self._refusal(path, token, e) from e
+            raise CoordinatorUnreachable(f"channel refused: HTTP {e.status}") from e
+        except (aiohttp.ClientError, TimeoutError, OSError) as e:
+            raise CoordinatorUnreachable(f"channel: {type(e).__name__}: {e}") from e
+
+    async def _refusal(self, path: str, token: str, refused: aiohttp.WSServerHandshakeError) -> Exception:
+        """Why the handshake was refused, as the coordinator's typed error: aiohttp does not read the refusal's
+        body, so the same URL is asked once more without the upgrade (a coordinator that does not know the
+        runner answers RUNNER_NOT_FOUND; one without the channel route, NOT_FOUND, which is no reason to
+        register again)."""
+        assert self._session is not None
+        try:
+            async with self._session.get(self.root_url + path, headers={"Authorization": f"Bearer {token}"}) as r:
+                data = await r.json(content_type=None)
+                if r.status >= 400:
+                    return from_envelope(r.status, data)
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            pass
+        return CoordinatorUnreachable(f"channel refused: HTTP {refused.status} {refused.message}")
 
     async def call(self, method: str, path: str, token: str, body: Any = None, raw: str | None = None) -> Any:
         if self._session is None:

@@ -1,8 +1,9 @@
-"""The agent daemon: composes the store, the API, registration, heartbeats, the outbox and the job queue.
+"""The agent daemon: composes the store, the channel, registration, heartbeats, the outbox and the job queue.
 
-Start order: open the store, serve the API (the coordinator pushes jobs right after registration), register,
-then start the background tasks and resume jobs left from a previous run. Stop order: stop taking jobs,
-drain running ones within the timeout, flush the outbox one last time, stop the tasks, close the store.
+Start order: open the store, serve the local HTTP API (health, metrics), register, resume jobs left from a
+previous run, then start the background tasks, among them the channel to the coordinator (which delivers jobs
+as soon as it is open). Stop order: stop taking jobs, drain running ones within the timeout, flush the outbox
+one last time, stop the tasks, close the store.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from agent import api, control, registration, sysinfo
 from agent import config as config_module
-from agent import control, sysinfo
 from agent import identity as identity_store
-from agent.api import make_api
+from agent.channel import Channel
 from agent.config import AgentConfig
 from agent.control import RunnerControl
 from agent.coordinator_client import CoordinatorClient, CoordinatorUnreachable
@@ -36,6 +37,7 @@ from agent.store import AgentStore
 from agent.supervisor import Supervisor
 from shared.errors import ApiError, AuthenticationRequired, RunnerNotFound
 from shared.models import MAX_SAMPLES_PER_HEARTBEAT, AgentState, Heartbeat
+from shared.protocol import Hello
 from shared.tasks import TaskSet
 
 log = structlog.get_logger(__name__)
@@ -87,7 +89,18 @@ class Agent:
         self.supervisor = Supervisor(self.store, self.outbox, self.job_runner, config.max_concurrent_jobs)
         self.runtime = RuntimeConfig(config, self.store, self._config_changed)
         self.control = RunnerControl(self)
-        self.shipper = Shipper(self.store, self.outbox, self.client, self.identity, self._forgotten)
+        self.channel = Channel(
+            self.client, self.identity, self._hello, api.calls(self), self._forgotten, self._channel_open
+        )
+        self.shipper = Shipper(
+            self.outbox,
+            self.channel,
+            self.identity,
+            self._forgotten,
+            config.coordinator.request_timeout,
+            on_quarantined=self.metrics.events_quarantined.inc,
+        )
+        self.docker_probe = sysinfo.DockerProbe()
         self.runner_state = RunnerState(self.supervisor)
         self.heartbeat_failures = 0
         self._tasks = TaskSet("agent")
@@ -148,18 +161,22 @@ class Agent:
             self.spawn(self.announce_limits(), "announce")
 
     async def announce_limits(self) -> None:
-        """Tell the registry the limits it shows and plans with (start-time estimates, liveness)."""
-        identity = self.identity()
-        metadata = {
-            "max_concurrent_jobs": self.config.max_concurrent_jobs,
-            "heartbeat_interval": self.config.heartbeat_interval,
-        }
+        """Tell the registry the limits it shows and plans with (start-time estimates, liveness): a new hello."""
         try:
-            await self.client.call(
-                "POST", f"/runners/{identity.runner_id}/announce", identity.token, {"metadata": metadata}
-            )
+            await self.channel.request("hello", await self._hello(), self.config.coordinator.request_timeout)
         except (CoordinatorUnreachable, ApiError) as e:
-            log.warning("could not announce the new limits; the next start announces them", error=str(e))
+            log.warning("could not announce the new limits; the next connect announces them", error=str(e))
+
+    async def _hello(self) -> Hello:
+        body = await registration.announcement(self.config)
+        body["port"] = self.port
+        del body["name"], body["type"]  # chosen at registration, not announced
+        return Hello(version=str(body["metadata"].get("agent_version", "")), state=self.state, **body)
+
+    def _channel_open(self) -> None:
+        """A (re)opened channel: resend what is unacknowledged and say how the runner is, at once."""
+        self.outbox.pending.set()
+        self.spawn(self.send_heartbeat(), "heartbeat:connect")
 
     def reset_executor(self) -> None:
         self.executor = make_executor(self.config)
@@ -206,6 +223,7 @@ class Agent:
     async def _release(self) -> None:
         await self.control.close()
         await self._tasks.close()
+        await self.channel.close()
         await self.supervisor.close()
         if self._site_runner is not None:
             await self._site_runner.cleanup()
@@ -220,14 +238,14 @@ class Agent:
         # Saved overrides (PUT /config) first: registration announces the limit, and the API serves the config.
         await self.runtime.load()
         await self.client.start()
-        self._site_runner = web.AppRunner(make_api(self), access_log=None, handle_signals=False)
+        self._site_runner = web.AppRunner(api.make_api(self), access_log=None, handle_signals=False)
         await self._site_runner.setup()
         site = web.TCPSite(self._site_runner, self.config.listen.host, self.config.listen.port)
         await site.start()
         server = getattr(site, "_server", None)
         if server is not None and server.sockets:
             self.port = server.sockets[0].getsockname()[1]
-        log.info("agent API listening", host=self.config.listen.host, port=self.port)
+        log.info("agent health and metrics listening", host=self.config.listen.host, port=self.port)
         self._identity = await ensure_registered(self.config, self.client, self.port)
         structlog.contextvars.bind_contextvars(runner_id=self._identity.runner_id)
         await self.supervisor.resume(self.executor.recover)
@@ -241,6 +259,7 @@ class Agent:
             self.runner_state.start()
         self._tasks.spawn(self.outbox.run_writer(), "log-writer")
         self._tasks.spawn(self.shipper.run(), "shipper")
+        self._tasks.spawn(self.channel.run(), "channel")
         self._tasks.spawn(self.supervisor.run(), "supervisor")
         self._tasks.spawn(self._heartbeats(), "heartbeat")
         self._tasks.spawn(self._watch_executor(), "executor-watch")
@@ -273,11 +292,13 @@ class Agent:
 
     async def _heartbeats(self) -> None:
         while True:
+            with contextlib.suppress(TimeoutError):  # a channel about to open is not a failed heartbeat yet
+                async with asyncio.timeout(self.config.heartbeat_interval):
+                    await self.channel.connected.wait()
             await self.send_heartbeat()
             await asyncio.sleep(self.config.heartbeat_interval)
 
     async def send_heartbeat(self) -> None:
-        identity = self.identity()
         samples = self.metrics.samples.pending(MAX_SAMPLES_PER_HEARTBEAT)
         beat = Heartbeat(
             load=sysinfo.load(self.config.state_dir, self.supervisor.active_jobs, self.supervisor.queued_jobs),
@@ -286,9 +307,7 @@ class Agent:
             samples=samples,
         )
         try:
-            await self.client.call(
-                "POST", f"/runners/{identity.runner_id}/heartbeat", identity.token, beat.model_dump(mode="json")
-            )
+            await self.channel.request("heartbeat", beat, self.config.coordinator.request_timeout)
             self.metrics.samples.acknowledge(samples)
             if self.heartbeat_failures:
                 log.info("heartbeats resumed", missed=self.heartbeat_failures)
@@ -312,4 +331,4 @@ class Agent:
             structlog.contextvars.bind_contextvars(runner_id=self._identity.runner_id)
             log.warning("registered as a new runner", old_runner_id=old.runner_id, dropped_jobs=dropped)
             self._reregister.clear()
-            await self.send_heartbeat()
+            await self.channel.reconnect()  # the channel is the old runner's: open the new one's

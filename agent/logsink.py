@@ -10,8 +10,9 @@ before it reaches the outbox (the on-disk spool), so nothing unmasked is ever wr
 - **Size policy.** Past ``limit`` bytes of output, either the head (``limit - tail`` bytes) and the last
   ``tail`` bytes are kept, with one entry saying how much was dropped in between (``truncate``), or the job
   is failed (``fail``). Only the tail is held in memory, and it is bounded.
-- **Encoding.** Entries are encoded to their JSON body here, once, with a template per step and stream, so
-  the outbox's writer only inserts strings and always outpaces the producer.
+- **Encoding.** Entries are encoded to their JSON body here, once, with a template per step and stream
+  (``shared.protocol.log_template``), so the outbox's writer only inserts strings and always outpaces the
+  producer.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from urllib.parse import quote, quote_plus
 
 from agent.executors.base import OutputSink, Stream
 from agent.executors.lines import CONTINUED, Continued
+from shared import protocol
 from shared.models import MIN_MASKED_LENGTH
 
 MASK = "[MASKED]"
@@ -180,7 +182,7 @@ class JobLog:
         if not 0 <= tail < limit:
             raise ValueError("the tail must be smaller than the limit")
         self._writer = writer
-        self._job = _quote(job_id)
+        self._job_id = job_id
         self._attempt = attempt
         self._masker = Masker(secrets)
         self._limit = limit
@@ -219,14 +221,10 @@ class JobLog:
 
     def _template(self, stream: str, step: str | None, level: str | None = None) -> tuple[str, str]:
         """The JSON of an entry around its timestamp and message, built once per step and stream."""
-        step_json = _quote(step) if step is not None else "null"
-        return (
-            f'","level":"{level or _LEVELS[stream]}","message":',
-            f',"job_id":{self._job},"step":{step_json},"stream":"{stream}","attempt":{self._attempt}}}',
-        )
+        return protocol.log_template(self._job_id, self._attempt, stream, step, level or _LEVELS[stream])
 
     def _keep(self, template: tuple[str, str], text: str) -> None:
-        body = '{"kind":"log","at":"' + now() + template[0] + _quote(text) + template[1]
+        body = protocol.LOG_START + now() + template[0] + _quote(text) + template[1]
         size = _size(text)
         self._used += size
         if self._used <= self._head_room:
@@ -259,7 +257,7 @@ class JobLog:
     def system(self, level: str, message: str, step: str | None = None) -> None:
         """An entry the agent itself writes about this job (never counted against the limit)."""
         middle, end = self._template("system", step, level)
-        self._writer.line('{"kind":"log","at":"' + now() + middle + _quote(self._masker.mask(message)) + end)
+        self._writer.line(protocol.LOG_START + now() + middle + _quote(self._masker.mask(message)) + end)
 
     def close(self) -> None:
         """Write what is held: ends of lines kept back for masking, then the dropped-bytes entry and the tail."""

@@ -153,6 +153,11 @@ class AgentMetrics:
         self.heartbeat_failures = Counter(
             "rustci_agent_heartbeat_failures", "Heartbeats the coordinator did not accept.", registry=self.registry
         )
+        self.events_quarantined = Counter(
+            "rustci_agent_events_quarantined",
+            "Outbox entries the coordinator refused, kept aside in the agent's store so the rest could flow.",
+            registry=self.registry,
+        )
         for phase in ("setup", "run_step", "cleanup"):
             self.executor_errors.labels(phase)
         self._scraped = _Scraped()

@@ -1,6 +1,6 @@
 """Registering the runner, or re-announcing the one this agent already is.
 
-A kept identity is reused: the agent updates its runner's host, port and metadata and never creates a
+A kept identity is reused (the channel's hello re-announces host, port and metadata) and never creates a
 second runner. If the coordinator no longer knows the id, the agent registers anew and says so.
 
 While the coordinator is unreachable, answers 5xx, or rate-limits the agent (429), registration retries,
@@ -108,13 +108,10 @@ async def ensure_registered(config: AgentConfig, client: CoordinatorClient, port
 async def _register_once(config: AgentConfig, client: CoordinatorClient, body: dict[str, Any]) -> Identity:
     kept = identity_store.load(config.state_dir)
     if kept is not None:
-        update = {k: body[k] for k in ("host", "port", "capabilities", "metadata", "tags", "resources")}
-        try:
-            await client.call("POST", f"/runners/{kept.runner_id}/announce", kept.token, update)
-            log.info("runner identity reused", runner_id=kept.runner_id)
-            return kept
-        except (RunnerNotFound, AuthenticationRequired):
-            log.warning("coordinator no longer knows this runner; registering again", old_runner_id=kept.runner_id)
+        # Its announcement (host, port, metadata) is the channel's hello; a coordinator that no longer knows
+        # the runner refuses the channel, and the agent registers anew then.
+        log.info("runner identity reused", runner_id=kept.runner_id)
+        return kept
     key = config.coordinator.registration_key
     if not key:
         raise RegistrationRefused(

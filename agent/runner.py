@@ -19,6 +19,7 @@ from agent.config import AgentConfig
 from agent.executors.base import Executor, ExecutorError, JobContext, OutputSink, StepContext
 from agent.shipping import Outbox
 from agent.store import StoredJob
+from shared import protocol
 from shared.timeutil import isoformat, utcnow
 
 log = structlog.get_logger(__name__)
@@ -79,7 +80,7 @@ class JobRunner:
             job.job_id,
             "running",
             attempt,
-            {"kind": "job", "job_id": job.job_id, "attempt": attempt, "status": "running", "at": _now()},
+            protocol.job_event(job.job_id, attempt, "running", _now()),
             self._system(job.job_id, attempt, "info", f"Job started: {job.job_id} (attempt {attempt})"),
         )
         timeout = spec.timeout or self.config.job_timeout
@@ -151,7 +152,7 @@ class JobRunner:
         level = "info" if status == "completed" else "error"
         detail = f" with exit code {code}" if code is not None else ""
         self.outbox.emit_nowait(
-            {**self._step_event(context, index, name, status), "exit_code": code},
+            self._step_event(context, index, name, status, code),
             self._system(context.job_id, context.attempt, level, f"Step {status}: {name}{detail} in {took:.3f}s", name),
         )
 
@@ -161,16 +162,9 @@ class JobRunner:
         words = f"Job {outcome.status}: {job.job_id}"
         if outcome.reason:
             words += f" ({outcome.reason})"
-        event = {
-            "kind": "job",
-            "job_id": job.job_id,
-            "attempt": attempt,
-            "status": outcome.status,
-            "at": _now(),
-            "exit_code": outcome.exit_code,
-            "reason": outcome.reason,
-            "final": final,
-        }
+        event = protocol.job_event(
+            job.job_id, attempt, outcome.status, _now(), exit_code=outcome.exit_code, reason=outcome.reason, final=final
+        )
         await asyncio.shield(
             self.outbox.transition(job.job_id, status, attempt, event, self._system(job.job_id, attempt, level, words))
         )
@@ -220,21 +214,9 @@ class JobRunner:
         return self._logs[(context.job_id, context.attempt)].sink(step)
 
     @staticmethod
-    def _step_event(context: JobContext, index: int, name: str, status: str) -> dict[str, Any]:
-        return {
-            "kind": "step",
-            "job_id": context.job_id,
-            "attempt": context.attempt,
-            "index": index,
-            "name": name,
-            "status": status,
-            "at": _now(),
-        }
+    def _step_event(context: JobContext, index: int, name: str, status: str, code: int | None = None) -> str:
+        return protocol.step_event(context.job_id, context.attempt, index, name, status, _now(), exit_code=code)
 
     @staticmethod
-    def _system(job_id: str, attempt: int, level: str, message: str, step: str | None = None) -> dict[str, Any]:
-        entry: dict[str, Any] = {"kind": "log", "at": _now(), "level": level, "message": message}
-        entry.update({"job_id": job_id, "stream": "system", "attempt": attempt})
-        if step:
-            entry["step"] = step
-        return entry
+    def _system(job_id: str, attempt: int, level: str, message: str, step: str | None = None) -> str:
+        return protocol.log_event(_now(), level, message, job_id=job_id, step=step, attempt=attempt)

@@ -35,15 +35,15 @@ import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import structlog
-from aiohttp import ClientConnectorError
 
-from agent.coordinator_client import CoordinatorClient, CoordinatorUnreachable
+from agent.channel import Channel, ChannelDown
+from agent.coordinator_client import CoordinatorUnreachable
 from agent.identity import Identity
 from agent.logsink import now
 from agent.store import AgentStore
+from shared import protocol
 from shared.errors import ApiError, AuthenticationRequired, RunnerNotFound
 
 log = structlog.get_logger(__name__)
@@ -53,6 +53,8 @@ BATCH_LIMIT = 2000
 BATCH_BYTES = 2 * 1024 * 1024
 """A batch stops growing past this size (well under the coordinator's body limit), whatever the line length."""
 MAX_BACKOFF = 5.0
+REFUSALS = 3
+"""Tries before a single entry the coordinator keeps failing on with a server error is quarantined."""
 DEFAULT_SPOOL_MAX_BYTES = 256 * 1024 * 1024
 DEFAULT_MEMORY_MAX_BYTES = 16 * 1024 * 1024
 HIGH_WATER = 1024 * 1024
@@ -71,12 +73,7 @@ class Batch:
 
 
 STATE_PREFIXES = ('{"kind":"step"', '{"kind":"job"')
-"""How an encoded state event starts (``emit_nowait`` encodes them compactly, kind first)."""
-
-
-def _encode(event: dict[str, Any]) -> str:
-    # Same encoding as AgentStore: compact and ASCII-only, so a body's length is its size in bytes.
-    return json.dumps(event, separators=(",", ":"))
+"""How an encoded state event starts (``shared.protocol`` encodes them compactly, kind first)."""
 
 
 class Outbox:
@@ -114,19 +111,19 @@ class Outbox:
 
     # --- writing ---------------------------------------------------------------------------------------
 
-    async def transition(self, job_id: str, status: str, attempt: int, *events: dict[str, Any]) -> None:
-        """Record a job's state and queue the events that report it, after any buffered entries, in one
-        transaction (the job's state and its report are never out of step after a crash)."""
-        await self._write([_encode(event) for event in events], job_state=(job_id, status, attempt))
+    async def transition(self, job_id: str, status: str, attempt: int, *events: str) -> None:
+        """Record a job's state and queue the events that report it (encoded by ``shared.protocol``), after any
+        buffered entries, in one transaction (the job's state and its report are never out of step after a
+        crash)."""
+        await self._write(list(events), job_state=(job_id, status, attempt))
 
-    async def emit(self, *events: dict[str, Any]) -> None:
-        await self._write([_encode(event) for event in events])
+    async def emit(self, *events: str) -> None:
+        await self._write(list(events))
 
-    def emit_nowait(self, *events: dict[str, Any]) -> None:
+    def emit_nowait(self, *events: str) -> None:
         """Queue events behind the buffered lines without waiting for the disk (step transitions): the writer
         stores them shortly, and the job's next transition stores them first in its own transaction."""
-        for event in events:
-            self._lines.append(_encode(event))
+        self._lines.extend(events)
         self._lines_waiting.set()
 
     def line(self, body: str) -> None:
@@ -262,11 +259,11 @@ class Outbox:
             f"Dropped {count} log entries ({size} bytes) that had not reached the coordinator:"
             f" the agent's log spool is limited to {self.spool_max_bytes} bytes"
         )
-        return _encode({"kind": "log", "at": now(), "level": "warn", "message": message, "stream": "system"})
+        return protocol.log_event(now(), "warn", message)
 
     # --- reading and acknowledging (the shipper) ------------------------------------------------------------
 
-    async def pending_batch(self, runner_id: str, after: int = 0) -> Batch | None:
+    async def pending_batch(self, runner_id: str, after: int = 0, limit: int = BATCH_LIMIT) -> Batch | None:
         """The oldest unacknowledged entries past sequence ``after``, at most BATCH_LIMIT of them and about
         BATCH_BYTES (less for a small spool: what is in flight cannot be dropped, so it must stay a small part
         of the spool)."""
@@ -281,7 +278,7 @@ class Outbox:
                 "    SELECT seq, body FROM outbox WHERE runner_id = ? AND seq > ? ORDER BY seq LIMIT ?"
                 "  ) ORDER BY seq"
                 ") WHERE before < ?",
-                (runner_id, after, BATCH_LIMIT, most),
+                (runner_id, after, limit, most),
             ).fetchone()
             if count:
                 self._protected_upto = max(self._maybe_delivered_upto, int(last))
@@ -298,6 +295,22 @@ class Outbox:
         if maybe_delivered:
             self._maybe_delivered_upto = max(self._maybe_delivered_upto, batch.last_seq)
         self._protected_upto = self._maybe_delivered_upto
+
+    async def quarantine(self, seq: int, code: str, reason: str) -> None:
+        """Move one refused entry out of the outbox into the ``quarantine`` table, so what follows it can flow."""
+
+        def op(conn: sqlite3.Connection) -> None:
+            row = conn.execute("SELECT length(body) FROM outbox WHERE seq = ?", (seq,)).fetchone()
+            conn.execute(
+                "INSERT OR REPLACE INTO quarantine (seq, runner_id, body, code, reason, quarantined_at)"
+                " SELECT seq, runner_id, body, ?, ?, ? FROM outbox WHERE seq = ?",
+                (code, reason, time.time(), seq),
+            )
+            conn.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
+            if row is not None and self._spool_bytes is not None:
+                self._spool_bytes -= int(row[0])
+
+        await self._store.db.run(op)
 
     async def acknowledge(self, runner_id: str, upto: int) -> None:
         def op(conn: sqlite3.Connection) -> None:
@@ -323,36 +336,45 @@ class Outbox:
 
 
 class Shipper:
+    """Sends the outbox over the channel, one batch at a time, and deletes what the coordinator acknowledged."""
+
     def __init__(
         self,
-        store: AgentStore,
         outbox: Outbox,
-        client: CoordinatorClient,
+        channel: Channel,
         identity: Callable[[], Identity],
         on_forgotten: Callable[[], None],
+        timeout: float,
+        on_quarantined: Callable[[], None] = lambda: None,
     ) -> None:
-        self._store = store
         self._outbox = outbox
-        self._client = client
+        self._channel = channel
         self._identity = identity
         self._on_forgotten = on_forgotten
+        self._timeout = timeout
+        self._on_quarantined = on_quarantined
+        self._limit = BATCH_LIMIT  # halved on each refusal, to find the entry the coordinator refuses
+        self._refusals = 0  # consecutive refusals of a single entry with a server error
         self.failures = 0
+        self.quarantined = 0
 
     async def run(self) -> None:
         backoff = 0.05
         while True:
             await self._outbox.pending.wait()
             self._outbox.pending.clear()
+            await self._channel.connected.wait()
             identity = self._identity()
-            batch = await self._outbox.pending_batch(identity.runner_id)
+            batch = await self._outbox.pending_batch(identity.runner_id, limit=self._limit)
             while batch is not None:
                 try:
                     acked, ahead = await self._send_reading_ahead(identity, batch)
                 except CoordinatorUnreachable as e:
-                    # Refused before anything was sent: certainly not delivered. Cut later: perhaps applied.
-                    self._outbox.unsent(batch, maybe_delivered=not isinstance(e.__cause__, ClientConnectorError))
+                    # Not sent (no channel): certainly not delivered. Cut later: perhaps applied.
+                    self._outbox.unsent(batch, maybe_delivered=not isinstance(e, ChannelDown) or e.sent)
                     self.failures += 1
-                    log.warning("coordinator unreachable; events kept for resend", error=str(e), retry_in=backoff)
+                    log.warning("coordinator unreachable; events kept for resend", error=str(e))
+                    await self._channel.connected.wait()
                 except (RunnerNotFound, AuthenticationRequired):
                     log.warning("coordinator no longer knows this runner", runner_id=identity.runner_id)
                     self._on_forgotten()
@@ -360,33 +382,57 @@ class Shipper:
                 except ApiError as e:
                     self._outbox.unsent(batch, maybe_delivered=False)  # an answer: nothing was applied
                     self.failures += 1
-                    log.error("coordinator refused an event batch", code=e.code, error=e.message, retry_in=backoff)
+                    if not await self._refused(batch, e):
+                        await asyncio.sleep(backoff)
+                        backoff = min(backoff * 2, MAX_BACKOFF)
                 else:
-                    backoff = 0.05
+                    backoff, self._refusals = 0.05, 0
+                    self._limit = min(self._limit * 2, BATCH_LIMIT)
                     await self._outbox.acknowledge(identity.runner_id, acked)
                     if ahead is None or acked < batch.last_seq:
-                        ahead = await self._outbox.pending_batch(identity.runner_id)
+                        ahead = await self._outbox.pending_batch(identity.runner_id, limit=self._limit)
                     batch = ahead
                     continue
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF)
                 identity = self._identity()
-                batch = await self._outbox.pending_batch(identity.runner_id)  # from the oldest again
+                batch = await self._outbox.pending_batch(identity.runner_id, limit=self._limit)  # the oldest again
+
+    async def _refused(self, batch: Batch, error: ApiError) -> bool:
+        """The coordinator refused a batch: one bad entry must not stall the runner, so split the batch until
+        the refused entry is alone, then put it aside (quarantine) and let the rest flow. A single entry refused
+        as invalid (4xx) is quarantined at once; one the coordinator failed on (5xx) after ``REFUSALS`` tries,
+        so an outage of its database does not set good entries aside. ``True``: retry at once."""
+        if batch.count > 1:
+            self._limit = max(1, batch.count // 2)
+            log.warning("coordinator refused an event batch; splitting it", code=error.code, entries=batch.count)
+            return True
+        self._refusals += 1
+        if error.status >= 500 and self._refusals < REFUSALS:
+            log.error("coordinator failed on an event; will retry", code=error.code, error=error.message)
+            return False
+        await self._outbox.quarantine(batch.last_seq, error.code, error.message)
+        self._refusals = 0
+        self.quarantined += 1
+        self._on_quarantined()
+        log.error(
+            "coordinator refused an event; quarantined in the agent's store",
+            seq=batch.last_seq,
+            code=error.code,
+            error=error.message,
+        )
+        return True
 
     async def _send_reading_ahead(self, identity: Identity, batch: Batch) -> tuple[int, Batch | None]:
         """Send a batch and, while the coordinator stores it, read the next one: the local read is then off the
         critical path (the coordinator applies batches strictly one after the other anyway)."""
-        sending = asyncio.create_task(self._send(identity, batch), name="shipper:send")
+        sending = asyncio.create_task(self._send(batch), name="shipper:send")
         try:
-            ahead = await self._outbox.pending_batch(identity.runner_id, after=batch.last_seq)
+            ahead = await self._outbox.pending_batch(identity.runner_id, after=batch.last_seq, limit=self._limit)
             return await sending, ahead
         finally:
             if not sending.done():
                 sending.cancel()
                 await asyncio.gather(sending, return_exceptions=True)
 
-    async def _send(self, identity: Identity, batch: Batch) -> int:
-        answer = await self._client.call(
-            "POST", f"/runners/{identity.runner_id}/events", identity.token, raw=f'{{"events":[{batch.events}]}}'
-        )
+    async def _send(self, batch: Batch) -> int:
+        answer = await self._channel.request("events", f'{{"events":[{batch.events}]}}', self._timeout)
         return int(answer["acked_seq"])

@@ -33,6 +33,17 @@ MIGRATIONS: list[str] = [
         value TEXT NOT NULL
     )
     """,
+    # Entries the coordinator refused (see agent.shipping.Shipper), kept for a person to look at.
+    """
+    CREATE TABLE quarantine (
+        seq INTEGER PRIMARY KEY,
+        runner_id TEXT NOT NULL,
+        body TEXT NOT NULL,
+        code TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        quarantined_at REAL NOT NULL
+    )
+    """,
 ]
 
 

@@ -16,6 +16,7 @@ import structlog
 from agent.runner import JobRunner, Outcome
 from agent.shipping import Outbox
 from agent.store import AgentStore, StoredJob
+from shared import protocol
 from shared.errors import JobNotCancellable, JobNotFound
 from shared.models import TERMINAL_JOB_STATUSES, JobAssignment
 from shared.tasks import TaskSet
@@ -77,15 +78,7 @@ class Supervisor:
             job.job_id,
             "failed" if final else "queued",
             job.attempt,
-            {
-                "kind": "job",
-                "job_id": job.job_id,
-                "attempt": job.attempt,
-                "status": "failed",
-                "at": isoformat(utcnow()),
-                "reason": reason,
-                "final": final,
-            },
+            protocol.job_event(job.job_id, job.attempt, "failed", isoformat(utcnow()), reason=reason, final=final),
         )
 
     async def cancel(self, job_id: str, reason: str, wait: float = 1.0) -> str:
@@ -104,15 +97,7 @@ class Supervisor:
                 job_id,
                 "cancelled",
                 queued.attempt,
-                {
-                    "kind": "job",
-                    "job_id": job_id,
-                    "attempt": queued.attempt,
-                    "status": "cancelled",
-                    "at": isoformat(utcnow()),
-                    "reason": reason,
-                    "final": True,
-                },
+                protocol.job_event(job_id, queued.attempt, "cancelled", isoformat(utcnow()), reason=reason, final=True),
             )
             return "cancelled"
         known = await self._store.job_status(job_id)
@@ -160,17 +145,11 @@ class Supervisor:
             log.exception("job ended by an unexpected error", job_id=job.job_id)
             known = await self._store.job_status(job.job_id)
             attempt = max(known[1] if known else job.attempt, 1)
-            event = {
-                "kind": "job",
-                "job_id": job.job_id,
-                "attempt": attempt,
-                "status": "failed",
-                "at": isoformat(utcnow()),
-                "reason": reason,
-                "final": True,
-            }
-            line = {"kind": "log", "at": event["at"], "level": "error", "stream": "system"}
-            line.update({"job_id": job.job_id, "attempt": attempt, "message": f"Job failed: {job.job_id} ({reason})"})
+            at = isoformat(utcnow())
+            event = protocol.job_event(job.job_id, attempt, "failed", at, reason=reason, final=True)
+            line = protocol.log_event(
+                at, "error", f"Job failed: {job.job_id} ({reason})", job_id=job.job_id, attempt=attempt
+            )
             await asyncio.shield(self._outbox.transition(job.job_id, "failed", attempt, event, line))
             return Outcome("failed", reason=reason)
 

@@ -30,6 +30,7 @@ if __package__ in (None, ""):  # run as a script: make ``bench`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import aiohttp
+import psutil
 
 from bench.common import (
     BenchError,
@@ -135,9 +136,19 @@ async def submit_one(
     return job_id, times
 
 
+def daemon_cpu(c: Cluster) -> dict[str, float]:
+    """CPU seconds (user + system) each daemon has used so far; children (the jobs' processes) not counted."""
+    used = {}
+    for name, daemon in (("coordinator", c.coordinator), ("agent", c.agent)):
+        times = psutil.Process(daemon.pid).cpu_times()
+        used[name] = times.user + times.system
+    return used
+
+
 async def measure(args: argparse.Namespace) -> dict[str, Any]:
     host = host_info()  # before the daemons start: the load average says whether other work shares the host
-    async with cluster(log_level=args.log_level, keep_state=args.keep_state) as c:
+    agent_env = {"RUSTCI_ADVERTISE_HOST": args.advertise_host} if args.advertise_host else None
+    async with cluster(log_level=args.log_level, keep_state=args.keep_state, extra_agent_env=agent_env) as c:
         connector = aiohttp.TCPConnector(limit=4, keepalive_timeout=120)
         async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as session:
             ws = await session.ws_connect(f"{c.ws_url}?events=job_status_change", headers=c.headers)
@@ -150,8 +161,12 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                 try:
                     for _ in range(args.warmup):
                         await submit_one(session, c, watcher, deadline)
+                    cpu_before = daemon_cpu(c)
                     for _ in range(args.jobs):
                         samples.append((await submit_one(session, c, watcher, deadline))[1])
+                    cpu_ms = {
+                        name: (after - cpu_before[name]) * 1000 / args.jobs for name, after in daemon_cpu(c).items()
+                    }
                 except BenchError as e:
                     raise BenchError(
                         f"aborted after {time.perf_counter() - started:.1f}s"
@@ -195,6 +210,8 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             "submit_to_completed_over_http_rtt": round(ratio(headline.p50, results["http_rtt_health"].p50), 2),
             "submit_to_completed_over_target": round(ratio(headline.p50, TARGET_P50_MS), 2),
         },
+        "cpu_ms_per_job": {name: round(value, 3) for name, value in cpu_ms.items()},
+        "advertise_host": args.advertise_host,
         "host": host,
         "_summaries": results,
     }
@@ -213,6 +230,7 @@ LABELS = {
 def render(report: dict[str, Any]) -> str:
     summaries: dict[str, Summary] = report["_summaries"]
     r = report["ratios_p50"]
+    cpu = report["cpu_ms_per_job"]
     host = report["host"]
     lines = [
         f"submit latency: {report['jobs']} sequential one-step jobs (run: true), {report['warmup']} warm-up, "
@@ -223,6 +241,9 @@ def render(report: dict[str, Any]) -> str:
         f"p50 ratios: submit→completed / spawn = {r['submit_to_completed_over_spawn']:.1f}x, "
         f"/ HTTP RTT = {r['submit_to_completed_over_http_rtt']:.1f}x, "
         f"/ {TARGET_P50_MS:g} ms target = {r['submit_to_completed_over_target']:.1f}x",
+        f"CPU per job (user+system, the job's own process excluded): coordinator {cpu['coordinator']:.2f} ms,"
+        f" agent {cpu['agent']:.2f} ms",
+        f"agent advertised at {report['advertise_host'] or 'its listen address'}",
         f"host: {host['cpus']} CPUs, load {host['load_average_1m']}, Python {host['python']}, git {host['git']}",
     ]
     warning = busy_host_warning_from(host)
@@ -239,6 +260,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=120.0, help="abort the job loop after this many seconds")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--log-level", default="warning", help="daemons' RUSTCI_LOG_LEVEL (default warning)")
+    parser.add_argument(
+        "--advertise-host",
+        default=None,
+        help="the agent's RUSTCI_ADVERTISE_HOST, e.g. 127.0.0.9 (nothing listens there: an agent behind NAT)",
+    )
     parser.add_argument("--keep-state", action="store_true", help="keep the temp state dirs and daemon logs")
     args = parser.parse_args(argv)
     if args.jobs < 1 or args.warmup < 0 or args.baseline < 1 or args.timeout <= 0:

@@ -136,6 +136,10 @@ class Cluster:
     coordinator: Daemon
     agent: Daemon
     root: Path
+    agents: list[Daemon] = field(default_factory=list)
+    """Every agent (``agent`` is the first)."""
+    runner_ids: list[str] = field(default_factory=list)
+    """Their runners, one each (``runner_id`` is the first's)."""
 
     @property
     def api(self) -> str:
@@ -157,17 +161,14 @@ async def cluster(
     ready_timeout: float = 30.0,
     extra_coordinator_env: dict[str, str] | None = None,
     extra_agent_env: dict[str, str] | None = None,
+    agents: int = 1,
 ) -> AsyncIterator[Cluster]:
-    """Start a coordinator and an agent on free loopback ports; wait until the runner is active; stop both."""
+    """Start a coordinator and ``agents`` agents on free loopback ports; wait until every runner is active; stop
+    them all."""
     root = Path(tempfile.mkdtemp(prefix="rustci-bench-"))
     coordinator_state = root / "coordinator"
-    agent_state = root / "agent"
     coordinator_state.mkdir()
-    agent_state.mkdir()
     coordinator_port = free_port()
-    agent_port = free_port()
-    while agent_port == coordinator_port:
-        agent_port = free_port()
     url = f"http://{HOST}:{coordinator_port}"
     coordinator = Daemon(
         "coordinator",
@@ -184,20 +185,29 @@ async def cluster(
         },
         root / "coordinator.log",
     )
-    agent = Daemon(
-        "agent",
-        {
-            "RUSTCI_STATE_DIR": str(agent_state),
-            "RUSTCI_AGENT_HOST": HOST,
-            "RUSTCI_AGENT_PORT": str(agent_port),
-            "RUSTCI_COORDINATOR_URL": url,
-            "RUSTCI_REGISTRATION_KEY": REGISTRATION_KEY,
-            "RUSTCI_RUNNER_NAME": "bench-runner",
-            "RUSTCI_LOG_LEVEL": log_level,
-            **(extra_agent_env or {}),
-        },
-        root / "agent.log",
-    )
+    daemons: list[Daemon] = []
+    for n in range(agents):
+        agent_state = root / f"agent{n}"
+        agent_state.mkdir()
+        agent_port = free_port()
+        while agent_port == coordinator_port:
+            agent_port = free_port()
+        daemons.append(
+            Daemon(
+                "agent",
+                {
+                    "RUSTCI_STATE_DIR": str(agent_state),
+                    "RUSTCI_AGENT_HOST": HOST,
+                    "RUSTCI_AGENT_PORT": str(agent_port),
+                    "RUSTCI_COORDINATOR_URL": url,
+                    "RUSTCI_REGISTRATION_KEY": REGISTRATION_KEY,
+                    "RUSTCI_RUNNER_NAME": f"bench-runner-{n}",
+                    "RUSTCI_LOG_LEVEL": log_level,
+                    **(extra_agent_env or {}),
+                },
+                root / f"agent{n}.log",
+            )
+        )
     try:
         coordinator.start()
         timeout = aiohttp.ClientTimeout(total=2)
@@ -212,11 +222,13 @@ async def cluster(
                     return False
 
             await poll_until(healthy, ready_timeout, f"the coordinator at {url} to answer /api/health")
-            agent.start()
+            for agent in daemons:
+                agent.start()
 
-            async def active_runner() -> str | None:
+            async def active_runners() -> list[str] | None:
                 coordinator.check_alive()
-                agent.check_alive()
+                for agent in daemons:
+                    agent.check_alive()
                 try:
                     async with session.get(f"{url}/api/runners", headers={"X-API-Key": API_KEY}) as r:
                         if r.status != 200:
@@ -224,16 +236,14 @@ async def cluster(
                         body = await r.json()
                 except (aiohttp.ClientError, TimeoutError, ValueError):
                     return None
-                for runner in body.get("runners", []):
-                    if runner.get("status") == "active":
-                        return str(runner["id"])
-                return None
+                active = [str(r["id"]) for r in body.get("runners", []) if r.get("status") == "active"]
+                return active if len(active) == len(daemons) else None
 
-            runner_id = await poll_until(active_runner, ready_timeout, "the agent's runner to be active")
-        yield Cluster(url, API_KEY, runner_id, coordinator, agent, root)
+            runner_ids = await poll_until(active_runners, ready_timeout, "the agents' runners to be active")
+        yield Cluster(url, API_KEY, runner_ids[0], coordinator, daemons[0], root, daemons, runner_ids)
     finally:
-        # Agent first: it flushes its outbox to a coordinator that is still there.
-        await agent.stop()
+        # Agents first: they flush their outboxes to a coordinator that is still there.
+        await asyncio.gather(*(agent.stop() for agent in daemons))
         await coordinator.stop()
         if keep_state:
             print(f"state and logs kept in {root}", file=sys.stderr)

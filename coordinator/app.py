@@ -40,7 +40,6 @@ async def _store(app: web.Application) -> AsyncIterator[None]:
 
 async def _agents(app: web.Application) -> AsyncIterator[None]:
     client = AgentClient(app[keys.CONFIG].agents)
-    await client.start()
     app[keys.AGENTS] = client
     yield
     await client.close()
@@ -109,6 +108,7 @@ def make_app(config: CoordinatorConfig) -> web.Application:
     setup_routes(app)
     setup_log_feed(app)
     app.cleanup_ctx.extend([_store, _agents, _hub, _dispatcher, _background, _metric_history, _audit])
-    # WebSocket clients are closed before the cleanup contexts unwind.
+    # WebSocket clients and agent channels are closed before the cleanup contexts unwind.
     app.on_shutdown.append(lambda a: a[keys.HUB].close())
+    app.on_shutdown.append(lambda a: a[keys.AGENTS].close())
     return app

@@ -120,9 +120,11 @@ class Runners(Settings):
 
 class Agents(Settings):
     request_timeout: float = Field(default=5.0, gt=0, le=300)
-    """Bound on every call the coordinator makes to an agent; past it the call answers RUNNER_UNAVAILABLE."""
+    """Bound on every call the coordinator makes to an agent over its channel; past it the call answers
+    RUNNER_UNAVAILABLE (at once when the agent has no channel open)."""
     connect_timeout: float = Field(default=2.0, gt=0, le=60)
-    """Bound on opening a connection to an agent (within ``request_timeout``)."""
+    """Not used: agents open their channel to the coordinator, which never connects to them. Accepted so that
+    existing configuration files still load."""
     status_timeout: float = Field(default=2.0, gt=0, le=60)
     """Bound on the live status and health calls; an agent slower than this is reported from its last heartbeat."""
 

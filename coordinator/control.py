@@ -19,9 +19,11 @@ from coordinator.store.base import RunnerRecord
 from shared.errors import InvalidRequest, JobNotCancellable, JobNotFound
 from shared.http import validation_error
 from shared.models import TERMINAL_JOB_STATUSES, RestartRequest, RunnerConfigUpdate, StopRequest
+from shared.protocol import AgentCall, CancelRequest
 
 # What the coordinator shows while a control transition is under way (the agent's heartbeats take over).
 STATUS_AFTER = {"stop": "stopped", "start": "starting", "restart": "restarting"}
+CALLS: dict[str, AgentCall] = {"stop": "stop", "start": "start", "restart": "restart"}
 
 
 async def _set_status(app: web.Application, runner: RunnerRecord, status: str) -> None:
@@ -35,7 +37,7 @@ async def _set_status(app: web.Application, runner: RunnerRecord, status: str) -
 
 
 async def get_config(app: web.Application, runner: RunnerRecord) -> Any:
-    return await app[keys.AGENTS].call(runner, "GET", "/config")
+    return await app[keys.AGENTS].call(runner, "config_get")
 
 
 async def update_config(app: web.Application, runner: RunnerRecord, body: dict[str, Any]) -> Any:
@@ -45,7 +47,7 @@ async def update_config(app: web.Application, runner: RunnerRecord, body: dict[s
         raise validation_error(e) from e
     if not update.model_fields_set:
         raise InvalidRequest("The configuration update names no setting", field="body")
-    answer = await app[keys.AGENTS].call(runner, "PUT", "/config", update.model_dump(mode="json", exclude_unset=True))
+    answer = await app[keys.AGENTS].call(runner, "config_put", update)
     if update.max_concurrent_jobs is not None:
         # Keep the registry's view (used for start-time estimates) in step with the agent.
         metadata = {**runner.metadata, "max_concurrent_jobs": update.max_concurrent_jobs}
@@ -55,7 +57,7 @@ async def update_config(app: web.Application, runner: RunnerRecord, body: dict[s
 
 async def control(app: web.Application, runner: RunnerRecord, action: str, body: dict[str, Any]) -> Any:
     """``stop`` / ``start`` / ``restart`` on the runner's agent; held jobs are delivered after a start."""
-    answer = await app[keys.AGENTS].call(runner, "POST", f"/{action}", body)
+    answer = await app[keys.AGENTS].call(runner, CALLS[action], body)
     await _set_status(app, runner, STATUS_AFTER[action])
     if action != "stop":
         app[keys.DISPATCHER].kick(runner.id)
@@ -93,5 +95,5 @@ async def cancel_job(app: web.Application, runner: RunnerRecord, job_id: str) ->
         app[keys.HUB].publish(events.status_change(change))
         return {"success": True, "job_id": job_id, "status": "cancelled", "message": "Job cancelled"}
     # The agent owns it: it ends the job and reports the outcome through its event channel.
-    answer = await app[keys.AGENTS].call(runner, "POST", f"/jobs/{job_id}/cancel")
+    answer = await app[keys.AGENTS].call(runner, "cancel", CancelRequest(job_id=job_id))
     return dict(answer)

@@ -1,4 +1,4 @@
-"""Delivery of queued jobs from the coordinator to the agents.
+"""Delivery of queued jobs from the coordinator to the agents, over their channels (``coordinator.proxy``).
 
 A job is the coordinator's until its agent acknowledges it (after storing it). Each runner has at most one
 delivery worker, woken on submit and on every heartbeat; it hands over the runner's undelivered jobs in
@@ -23,6 +23,7 @@ from coordinator.proxy import AgentClient
 from coordinator.store.base import JobRecord, RunnerRecord, Store
 from shared.errors import ApiError
 from shared.models import JobAssignment
+from shared.protocol import CancelRequest
 from shared.tasks import TaskSet
 from shared.timeutil import from_epoch
 
@@ -107,7 +108,7 @@ class Dispatcher:
             job_id=job.id, runner_id=runner.id, created_at=from_epoch(job.created_at), spec=job.spec
         )
         try:
-            await self._agents.call(runner, "POST", "/jobs", assignment.model_dump(mode="json"))
+            await self._agents.call(runner, "job", assignment)
         except ApiError as e:
             log.info(
                 "job held: agent did not take it", runner_id=runner.id, job_id=job.id, code=e.code, reason=e.message
@@ -116,7 +117,7 @@ class Dispatcher:
         if await self._store.mark_delivered(job.id) == "cancelled":
             # Cancelled on the coordinator while the push was in flight: the agent has it now, so tell it.
             try:
-                await self._agents.call(runner, "POST", f"/jobs/{job.id}/cancel")
+                await self._agents.call(runner, "cancel", CancelRequest(job_id=job.id))
             except ApiError as e:
                 log.warning("could not pass a cancel on to the agent", job_id=job.id, code=e.code)
         return True

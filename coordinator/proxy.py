@@ -1,103 +1,121 @@
-"""The coordinator's client to the agents' own HTTP API.
+"""Calls to agents, over the channels they opened (``shared.protocol``): the coordinator never connects out.
 
-One keep-alive session for all agents, bounded timeouts on every call: an agent that does not answer is
-``RUNNER_UNAVAILABLE``, never a hang. An agent's error envelope comes back as the same typed error.
+Each connected agent has one :class:`AgentLink`. A call is a request frame with an id and a bounded wait for
+its answer: no channel, a channel that closes while the call waits, or no answer within the timeout is
+``RUNNER_UNAVAILABLE`` (503), at once in the first two cases. An agent's error envelope comes back as the same
+typed error. A runner's registered host and port are never used here.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import itertools
 from typing import Any
 
-import aiohttp
+import structlog
+from aiohttp import web
+from pydantic import BaseModel
 
 from coordinator.config import Agents
 from coordinator.store.base import RunnerRecord
-from shared.errors import (
-    ApiError,
-    AuthenticationRequired,
-    AuthorizationFailed,
-    RunnerNotFound,
-    RunnerUnavailable,
-    from_envelope,
-)
-from shared.http import dumps
+from shared import protocol
+from shared.errors import RunnerUnavailable, from_envelope
+
+log = structlog.get_logger(__name__)
+
+
+class AgentLink:
+    """One agent's open channel: sends requests, matches answers to them by id."""
+
+    def __init__(self, runner_id: str, ws: web.WebSocketResponse) -> None:
+        self.runner_id = runner_id
+        self.ws = ws
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, asyncio.Future[Any]] = {}
+        self.closed = False
+
+    async def call(self, kind: str, body: BaseModel | dict[str, Any] | None, timeout: float) -> Any:
+        if self.closed:
+            raise self.unavailable("its channel is closed")
+        frame_id = next(self._ids)
+        answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiting[frame_id] = answer
+        try:
+            await self.ws.send_str(protocol.request(frame_id, kind, body))
+            async with asyncio.timeout(timeout):
+                return await answer
+        except TimeoutError as e:
+            raise self.unavailable(f"it did not answer within {timeout:g}s") from e
+        except (ConnectionError, RuntimeError) as e:  # the transport went away mid-send
+            raise self.unavailable("its channel closed") from e
+        finally:
+            self._waiting.pop(frame_id, None)
+
+    def answered(self, frame: protocol.ReplyFrame | protocol.ErrorFrame) -> None:
+        waiter = self._waiting.get(frame.id)
+        if waiter is None or waiter.done():
+            return  # answered after the caller gave up
+        if isinstance(frame, protocol.ErrorFrame):
+            waiter.set_exception(from_envelope(frame.status, frame.body))
+        else:
+            waiter.set_result(frame.body)
+
+    def close(self) -> None:
+        """The channel ended: every call still waiting fails now."""
+        self.closed = True
+        for waiter in self._waiting.values():
+            if not waiter.done():
+                waiter.set_exception(self.unavailable("its channel closed"))
+        self._waiting.clear()
+
+    def unavailable(self, why: str) -> RunnerUnavailable:
+        return RunnerUnavailable(f"Runner '{self.runner_id}' is not available: {why}", runner_id=self.runner_id)
 
 
 class AgentClient:
+    """The open channels by runner id; at most one per runner (a newer connection replaces an older one)."""
+
     def __init__(self, settings: Agents) -> None:
         self._settings = settings
-        self._session: aiohttp.ClientSession | None = None
-
-    async def start(self) -> None:
-        self._session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(
-                total=self._settings.request_timeout, sock_connect=self._settings.connect_timeout
-            ),
-            connector=aiohttp.TCPConnector(limit=0, limit_per_host=32, keepalive_timeout=60),
-            json_serialize=dumps,
-        )
+        self._links: dict[str, AgentLink] = {}
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        links = list(self._links.values())
+        self._links.clear()
+        for link in links:
+            link.close()
+            with contextlib.suppress(ConnectionError):
+                await link.ws.close(message=b"coordinator shutting down")
 
-    @staticmethod
-    def base_url(runner: RunnerRecord) -> str:
-        host = f"[{runner.host}]" if ":" in runner.host and not runner.host.startswith("[") else runner.host
-        return f"http://{host}:{runner.port}/api/runners/{runner.id}"
+    def connected(self, runner_id: str) -> bool:
+        return runner_id in self._links
 
-    @staticmethod
-    def _translate(runner: RunnerRecord, error: ApiError) -> ApiError:
-        """An agent that refuses the runner's own token, or does not know the runner, is not this runner's
-        agent (another one took its host and port, or its identity was reset): for the caller the runner is
-        unavailable; its credentials were fine."""
-        if isinstance(error, AuthenticationRequired | AuthorizationFailed | RunnerNotFound):
-            return RunnerUnavailable(
-                f"The agent at {runner.host}:{runner.port} does not serve runner '{runner.id}' "
-                f"(it answered {error.code}: {error.message})",
-                runner_id=runner.id,
-                host=runner.host,
-                port=runner.port,
-                agent_error=error.code,
-            )
-        return error
+    def attach(self, link: AgentLink) -> AgentLink | None:
+        """Make ``link`` the runner's channel; returns the one it replaces (to be closed by the caller)."""
+        old = self._links.get(link.runner_id)
+        self._links[link.runner_id] = link
+        if old is not None:
+            old.close()
+        return old
+
+    def detach(self, link: AgentLink) -> None:
+        link.close()
+        if self._links.get(link.runner_id) is link:
+            del self._links[link.runner_id]
 
     async def call(
-        self, runner: RunnerRecord, method: str, path: str = "", body: Any = None, timeout: float | None = None
+        self,
+        runner: RunnerRecord,
+        kind: protocol.AgentCall,
+        body: BaseModel | dict[str, Any] | None = None,
+        timeout: float | None = None,
     ) -> Any:
-        """Call the runner's agent at ``/api/runners/{id}{path}`` and return its JSON answer."""
-        if self._session is None:
-            raise RuntimeError("AgentClient.start() was not awaited")
-        url = self.base_url(runner) + path
-        # Always explicit: aiohttp takes ``timeout=None`` as "no timeout at all", not as the session's default.
-        request_timeout = aiohttp.ClientTimeout(
-            total=timeout or self._settings.request_timeout, sock_connect=self._settings.connect_timeout
-        )
-        try:
-            async with self._session.request(
-                method,
-                url,
-                json=body,
-                headers={"Authorization": f"Bearer {runner.token}"},
-                timeout=request_timeout,
-            ) as response:
-                data = await response.json(content_type=None)
-                if response.status >= 400:
-                    raise self._translate(runner, from_envelope(response.status, data))
-                return data
-        except ApiError:
-            raise
-        except TimeoutError as e:
+        """Ask the runner's agent and return its answer's body (a dict)."""
+        link = self._links.get(runner.id)
+        if link is None:
             raise RunnerUnavailable(
-                f"Runner '{runner.id}' did not answer within {timeout or self._settings.request_timeout:g}s",
+                f"Runner '{runner.id}' is not connected: its agent has no open channel to this coordinator",
                 runner_id=runner.id,
-                host=runner.host,
-                port=runner.port,
-            ) from e
-        except (aiohttp.ClientError, ValueError) as e:
-            raise RunnerUnavailable(
-                f"Runner '{runner.id}' is not reachable at {runner.host}:{runner.port}: {type(e).__name__}",
-                runner_id=runner.id,
-                host=runner.host,
-                port=runner.port,
-            ) from e
+            )
+        return await link.call(kind, body, timeout or self._settings.request_timeout)

@@ -42,7 +42,8 @@ def setup_routes(app: web.Application) -> None:
     r.add_post("/api/runners/{runner_id}/start", control.start_runner)
     r.add_post("/api/runners/{runner_id}/stop", control.stop_runner)
     r.add_post("/api/runners/{runner_id}/restart", control.restart_runner)
-    # Agent → coordinator channel.
+    # What agents call: their channel (which carries everything below), and the same two requests over HTTP.
+    r.add_get("/api/runners/{runner_id}/channel", agents.channel)
     r.add_post("/api/runners/{runner_id}/heartbeat", agents.heartbeat)
     r.add_post("/api/runners/{runner_id}/events", agents.ingest_events)
     r.add_post("/api/runners/{runner_id}/announce", runners.update_runner)  # the agent re-announcing itself

@@ -143,16 +143,23 @@ def agent_config(state_dir: Path, coordinator_url: str, **overrides: Any) -> Age
 StartAgent = Callable[..., Awaitable[Agent]]
 
 
+async def _true(value: bool) -> bool:
+    return value
+
+
 @pytest.fixture
 async def start_agent(tmp_path: Path, coordinator: CoordinatorHandle) -> AsyncIterator[StartAgent]:
-    """``agent = await start_agent(name="a", max_concurrent_jobs=2)``: an in-process agent, registered."""
+    """``agent = await start_agent(name="a", max_concurrent_jobs=2)``: an in-process agent, registered, its
+    channel to the coordinator open (``connected=False``: do not wait for that)."""
     agents: list[Agent] = []
 
-    async def start(state_name: str = "agent", **overrides: Any) -> Agent:
+    async def start(state_name: str = "agent", connected: bool = True, **overrides: Any) -> Agent:
         config = agent_config(tmp_path / state_name, coordinator.url, **overrides)
         agent = Agent(config)
         agents.append(agent)
         await agent.start()
+        if connected:  # its channel is open: the coordinator can reach it
+            await wait_for(lambda: _true(agent.channel.connected.is_set()), 10, what="the agent's channel to open")
         return agent
 
     try:

@@ -317,3 +317,82 @@ async def wait_process_runner(api: Api, proc: DaemonProcess, timeout: float = 20
 
 def _epoch(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+# --- a fake agent on the channel (what the coordinator does when an agent misbehaves) ----------------------------
+
+
+class SilentChannel:
+    """Opens a runner's channel like an agent, says hello, records every frame the coordinator sends and answers
+    none of them (``async with SilentChannel(url, runner_id, token) as channel:``)."""
+
+    def __init__(self, coordinator_url: str, runner_id: str, token: str) -> None:
+        self.url = f"{coordinator_url}/api/runners/{runner_id}/channel"
+        self.token = token
+        self.frames: list[dict[str, Any]] = []
+        self.session: aiohttp.ClientSession | None = None
+        self.ws: aiohttp.ClientWebSocketResponse | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._ids = iter(range(1, 1_000_000))
+
+    async def __aenter__(self) -> SilentChannel:
+        self.session = aiohttp.ClientSession()
+        self.ws = await self.session.ws_connect(self.url, headers={"Authorization": f"Bearer {self.token}"})
+        hello = {"host": "127.0.0.1", "port": 1, "state": "running"}
+        await self.ws.send_str(json.dumps({"id": 0, "kind": "hello", "body": hello}))
+        welcome = await self.ws.receive_json(timeout=5)
+        assert welcome["kind"] == "reply", welcome
+        self._reader = asyncio.create_task(self._read(), name="silent-channel:reader")
+        return self
+
+    async def _read(self) -> None:
+        assert self.ws is not None
+        async for message in self.ws:
+            if message.type is aiohttp.WSMsgType.TEXT:
+                self.frames.append(json.loads(message.data))
+
+    def kinds(self) -> list[str]:
+        return [frame["kind"] for frame in self.frames]
+
+    async def heartbeat(self) -> None:
+        """A heartbeat (whose reply is recorded like every other frame): a sign of life, and a cue to deliver."""
+        assert self.ws is not None
+        body = {
+            "load": {"cpu_usage": 0, "memory_usage": 0, "disk_usage": 0, "active_jobs": 0},
+            "heartbeat_interval": 10,
+        }
+        await self.ws.send_str(json.dumps({"id": next(self._ids), "kind": "heartbeat", "body": body}))
+
+    async def close(self) -> None:
+        if self.ws is not None:
+            await self.ws.close()
+        if self._reader is not None:
+            await asyncio.gather(self._reader, return_exceptions=True)
+        if self.session is not None:
+            await self.session.close()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+class DialCounter:
+    """A listening socket that counts the connections made to it (``async with DialCounter() as dials:``)."""
+
+    def __init__(self) -> None:
+        self.port = 0
+        self.accepted = 0
+        self._server: asyncio.Server | None = None
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        writer.close()
+
+    async def __aenter__(self) -> DialCounter:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()

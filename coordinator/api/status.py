@@ -31,6 +31,7 @@ from shared.models import (
     RunnerStatusView,
     overall_health,
 )
+from shared.protocol import AgentCall
 from shared.timeutil import from_epoch, utcnow
 
 log = structlog.get_logger(__name__)
@@ -40,13 +41,13 @@ RESOLUTIONS = {"1m": 60, "5m": 300, "1h": 3600}
 DEFAULT_PERIOD, DEFAULT_RESOLUTION = "24h", "5m"
 
 
-async def _ask_agent(request: web.Request, runner: RunnerRecord, path: str) -> Any:
+async def _ask_agent(request: web.Request, runner: RunnerRecord, kind: AgentCall) -> Any:
     """The agent's answer, or the error that says why there is none (logged, not raised)."""
     timeout = request.app[keys.CONFIG].agents.status_timeout
     try:
-        return await request.app[keys.AGENTS].call(runner, "GET", path, timeout=timeout)
+        return await request.app[keys.AGENTS].call(runner, kind, timeout=timeout)
     except ApiError as e:
-        log.info("agent did not answer", runner_id=runner.id, path=path, code=e.code, reason=e.message)
+        log.info("agent did not answer", runner_id=runner.id, call=kind, code=e.code, reason=e.message)
         return e
 
 
@@ -59,7 +60,7 @@ def _uses_docker(runner: RunnerRecord) -> bool:
 
 async def runner_status(request: web.Request) -> web.Response:
     runner = await get_runner_or_404(request)
-    answer = await _ask_agent(request, runner, "/status")
+    answer = await _ask_agent(request, runner, "status")
     # Jobs the coordinator still holds (agent away, runner stopped) are queued too, though no agent counts them.
     held = await request.app[keys.STORE].held_job_count(runner.id)
     last_heartbeat = from_epoch(runner.last_heartbeat) if runner.last_heartbeat is not None else None
@@ -104,7 +105,7 @@ def _with_held(load: CurrentLoad, held: int) -> CurrentLoad:
 async def runner_health(request: web.Request) -> web.Response:
     runner = await get_runner_or_404(request)
     started = time.perf_counter()
-    answer = await _ask_agent(request, runner, "/health")
+    answer = await _ask_agent(request, runner, "health")
     elapsed_ms = round((time.perf_counter() - started) * 1000, 1)
     agent_view: RunnerHealthView | None = None
     error = answer.message if isinstance(answer, ApiError) else None

@@ -1,41 +1,50 @@
-"""The agent's own HTTP API answers the coordinator only: the runner's token, for its own runner id."""
+"""The agent's own HTTP API: a local health probe and the Prometheus scrape, nothing the coordinator calls.
+
+Jobs and control reach the agent only over the channel it opened to the coordinator, so its listening port
+takes no job, configuration or control call from anyone, with or without the runner's token.
+"""
 
 from __future__ import annotations
+
+import pytest
 
 from tests.conftest import CoordinatorHandle, StartAgent
 from tests.helpers import Api, assert_error
 
 
-async def test_only_the_runners_token_for_its_own_id_is_accepted(
-    coordinator: CoordinatorHandle, start_agent: StartAgent
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/api/runners/{id}/jobs"),
+        ("GET", "/api/runners/{id}/config"),
+        ("PUT", "/api/runners/{id}/config"),
+        ("POST", "/api/runners/{id}/stop"),
+        ("GET", "/api/runners/{id}/status"),
+    ],
+)
+async def test_the_agent_port_takes_no_job_or_control_call(
+    coordinator: CoordinatorHandle, start_agent: StartAgent, method: str, path: str
 ) -> None:
     agent = await start_agent()
     identity = agent.identity()
-    base = f"http://127.0.0.1:{agent.port}"
-    api = Api(f"{base}/api", None)
+    api = Api(f"http://127.0.0.1:{agent.port}", None)
     try:
-        config = f"/runners/{identity.runner_id}/config"
-        status, body = await api.get(config)
-        assert_error(status, body, 401, "AUTHENTICATION_REQUIRED")
-        # The coordinator's admin key is not the runner's token.
-        status, body = await api.get(config, headers={"X-API-Key": coordinator.api.api_key or ""})
-        assert_error(status, body, 401, "AUTHENTICATION_REQUIRED")
-        status, body = await api.get(config, headers={"Authorization": "Bearer reg_token_not-this-one"})
-        assert_error(status, body, 403, "AUTHORIZATION_FAILED")
         own = {"Authorization": f"Bearer {identity.token}"}
-        status, body = await api.get("/runners/runner_00000000-0000-4000-8000-000000000000/config", headers=own)
-        assert_error(status, body, 404, "RUNNER_NOT_FOUND")
-        status, body = await api.get(config, headers=own)
-        assert status == 200 and body["runner_id"] == identity.runner_id
-        # A job pushed by anyone else is refused and never runs.
-        status, body = await api.post(f"/runners/{identity.runner_id}/jobs", {"job_id": "x"})
-        assert_error(status, body, 401, "AUTHENTICATION_REQUIRED")
+        status, body = await api.request(method, path.format(id=identity.runner_id), json={}, headers=own)
+        assert_error(status, body, 404, "NOT_FOUND")
         assert agent.supervisor.queued_jobs == 0 and agent.supervisor.active_jobs == 0
     finally:
         await api.close()
-    probe = Api(base, None)  # its liveness probe needs no token
+
+
+async def test_health_and_metrics_need_no_token(coordinator: CoordinatorHandle, start_agent: StartAgent) -> None:
+    agent = await start_agent()
+    probe = Api(f"http://127.0.0.1:{agent.port}", None)
     try:
         status, body = await probe.get("/health")
-        assert status == 200 and body["runner_id"] == identity.runner_id
+        assert status == 200 and body["runner_id"] == agent.identity().runner_id
+        assert body["connected"] is True
+        status, text = await probe.get("/metrics")
+        assert status == 200 and "rustci_agent" in text
     finally:
         await probe.close()

@@ -1,15 +1,14 @@
 """Every line a step prints reaches the coordinator exactly once and in order, whatever fails in between.
 
 Real daemons on loopback: the in-process coordinator (restartable), in-process agents or ``python -m agent``
-subprocesses (for SIGKILL), and a small TCP relay between agent and coordinator that the tests stop, start and
-make lose answers. Checks read what the coordinator stored, by sequence and content.
+subprocesses (for SIGKILL), and a small TCP relay between agent and coordinator (``tests.relay``) that the tests
+stop, start and make lose answers. Checks read what the coordinator stored, by sequence and content.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 import re
 import sqlite3
@@ -28,6 +27,7 @@ import pytest
 from agent.shipping import HIGH_WATER
 from tests.conftest import CoordinatorHandle, StartAgent, StartAgentProcess
 from tests.helpers import TERMINAL, Api, free_port, wait_for
+from tests.relay import TcpProxy
 
 SEQ_20K = "seq 1 20000"
 # The same 20 000 numbered lines, printed over about a second so that failures can land in the middle.
@@ -35,76 +35,10 @@ PACED_20K = "i=0; while [ $i -lt 20 ]; do seq $((i*1000+1)) $((i*1000+1000)); sl
 JOB_SYSTEM_ENTRIES = 4  # Job started, Step started, Step completed, Job completed
 
 
-# --- a TCP relay the test controls -------------------------------------------------------------------------
-
-
-class TcpProxy:
-    """Relays 127.0.0.1:port to the coordinator. ``stop()`` cuts every connection and refuses new ones;
-    with ``lose_answers`` set, requests reach the coordinator but each connection is cut as its answer
-    comes back (the coordinator applied the batch; the agent never hears so)."""
-
-    def __init__(self, upstream_port: int) -> None:
-        self.upstream_port = upstream_port
-        self.port = free_port()
-        self.lose_answers = False
-        self.answers_lost = 0
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-        self._serving: set[asyncio.Task[Any]] = set()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
-        for writer in list(self._writers):
-            writer.transport.abort()
-        if self._serving:
-            await asyncio.wait(self._serving, timeout=5)
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._serving.add(task)
-        self._writers.add(writer)
-        upstream: asyncio.StreamWriter | None = None
-        try:
-            up_reader, upstream = await asyncio.open_connection("127.0.0.1", self.upstream_port)
-            self._writers.add(upstream)
-            pipes = [
-                asyncio.create_task(self._pipe(reader, upstream, answers=False), name="proxy:up"),
-                asyncio.create_task(self._pipe(up_reader, writer, answers=True), name="proxy:down"),
-            ]
-            try:
-                await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for pipe in pipes:
-                    pipe.cancel()
-                await asyncio.gather(*pipes, return_exceptions=True)
-        except OSError:
-            pass
-        finally:
-            for end in (writer, upstream):
-                if end is not None:
-                    end.transport.abort()
-                    self._writers.discard(end)
-            self._serving.discard(task)
-
-    async def _pipe(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter, answers: bool) -> None:
-        with contextlib.suppress(OSError):
-            while data := await source.read(65536):
-                if answers and self.lose_answers:
-                    self.answers_lost += 1
-                    return  # the connection is cut before the answer reaches the agent
-                sink.write(data)
-                await sink.drain()
+def gated(run: str, go: Path) -> str:
+    """``run`` once the file ``go`` exists: the job is delivered (over the channel) and running before the test
+    cuts the agent off, and its output is made while it is cut off."""
+    return f"while [ ! -e {go} ]; do sleep 0.01; done; {run}"
 
 
 @pytest.fixture
@@ -242,8 +176,12 @@ async def test_spooled_entries_survive_a_sigkill_of_the_agent(
     port = free_port()
     first = agent_process(proxy.url, state_name="killed", port=port)
     runner_id = await only_runner(coordinator.api)
+    go = tmp_path / "go"
+    job_id = await submit(coordinator.api, runner_id, gated(SEQ_20K, go))
+    await coordinator.api.wait_job(runner_id, job_id, {"running"})
     await proxy.stop()
-    job_id = await submit(coordinator.api, runner_id, SEQ_20K)
+    before_the_cut = await stored_count(coordinator, job_id)  # the job's start, no output yet
+    go.touch()
     spool = tmp_path / "killed" / "agent.db"
 
     async def reported_on_disk() -> bool:
@@ -258,7 +196,7 @@ async def test_spooled_entries_survive_a_sigkill_of_the_agent(
 
     await wait_for(reported_on_disk, 20, what="the job's outcome in the agent's spool")
     first.kill()  # SIGKILL: nothing gets flushed or shipped on the way out
-    assert await stored_count(coordinator, job_id) == 0
+    assert await stored_count(coordinator, job_id) == before_the_cut
     agent_process(proxy.url, state_name="killed", port=port)
     await proxy.start()
     job = await coordinator.api.wait_job(runner_id, job_id, TERMINAL, timeout=30)
@@ -288,12 +226,15 @@ async def test_a_sigkill_mid_output_keeps_a_gapless_prefix(
 
 
 async def test_a_full_spool_drops_the_oldest_log_entries_never_the_job_and_says_so(
-    coordinator: CoordinatorHandle, proxy: TcpProxy, start_agent: StartAgent
+    coordinator: CoordinatorHandle, proxy: TcpProxy, start_agent: StartAgent, tmp_path: Path
 ) -> None:
     agent = await start_agent(coordinator={"url": proxy.url}, log_spool_max_bytes=256 * 1024)
     runner_id = agent.identity().runner_id
+    go = tmp_path / "go"
+    job_id = await submit(coordinator.api, runner_id, gated(SEQ_20K, go))  # ~3.5 MB of entries to spool
+    await coordinator.api.wait_job(runner_id, job_id, {"running"})
     await proxy.stop()
-    job_id = await submit(coordinator.api, runner_id, SEQ_20K)  # ~3.5 MB of entries to spool
+    go.touch()
 
     async def finished_on_agent() -> bool:
         state = await agent.store.job_status(job_id)
@@ -407,13 +348,14 @@ def secret_forms_shown(text: str) -> list[str]:
 
 
 async def test_secrets_are_masked_before_they_are_spooled(
-    coordinator: CoordinatorHandle, proxy: TcpProxy, start_agent: StartAgent
+    coordinator: CoordinatorHandle, proxy: TcpProxy, start_agent: StartAgent, tmp_path: Path
 ) -> None:
     agent = await start_agent(coordinator={"url": proxy.url}, secrets={"RUNNER_TOKEN": RUNNER_TOKEN})
     runner_id = agent.identity().runner_id
-    await proxy.stop()  # everything stays in the agent's spool, where the test reads it
+    go = tmp_path / "go"
     py = sys.executable
     steps = [
+        {"name": "gate", "run": gated("true", go)},
         {"name": "plain", "run": 'echo "key=$API_KEY plain=$PLAIN runner=$RUNNER_TOKEN"'},
         {"name": "b64", "run": "printf '%s' \"$API_KEY\" | base64; printf 'user:%s' \"$RUNNER_TOKEN\" | base64"},
         {"name": "url", "run": f'{py} -c \'import os, urllib.parse as u; print(u.quote(os.environ["API_KEY"], ""))\''},
@@ -427,6 +369,9 @@ async def test_secrets_are_masked_before_they_are_spooled(
     status, answer = await coordinator.api.post(f"/runners/{runner_id}/jobs", {"name": "m", "steps": steps, **job})
     assert status == 201, answer
     job_id = answer["job_id"]
+    await coordinator.api.wait_job(runner_id, job_id, {"running"})
+    await proxy.stop()  # everything from now on stays in the agent's spool, where the test reads it
+    go.touch()
 
     async def finished_on_agent() -> bool:
         state = await agent.store.job_status(job_id)

@@ -22,6 +22,7 @@ from agent.identity import Identity
 from agent.logsink import MASK, TAIL_ENTRY_COST, JobLog, Masker
 from agent.shipping import HIGH_WATER, Outbox
 from agent.store import AgentStore
+from shared import protocol
 
 # --- the line splitter ----------------------------------------------------------------------------------------
 
@@ -286,7 +287,7 @@ async def test_a_full_spool_drops_the_oldest_log_entries_and_never_state_events(
     for i in range(3000):
         outbox.line(log_body(i))
         if i % 500 == 0:
-            await outbox.emit({"kind": "step", "job_id": "job_1", "attempt": 1, "index": i, "status": "running"})
+            await outbox.emit(protocol.step_event("job_1", 1, i, "s", "running", "2024-01-01T00:00:00.000Z"))
         if i % 100 == 0:
             await outbox.flush()
     await outbox.flush()
@@ -380,7 +381,7 @@ async def test_output_waits_for_the_writer_once_it_is_far_behind(store: AgentSto
 
 async def test_shedding_under_memory_pressure_keeps_step_events(store: AgentStore) -> None:
     outbox = Outbox(store, lambda: IDENTITY, memory_max_bytes=64 * 1024)
-    step = {"kind": "step", "job_id": "job_1", "attempt": 1, "index": 0, "name": "s", "status": "running"}
+    step = protocol.step_event("job_1", 1, 0, "s", "running", "2024-01-01T00:00:00.000Z")
     for i in range(5000):
         outbox.line(log_body(i))
         if i == 10:

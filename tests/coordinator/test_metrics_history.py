@@ -222,7 +222,8 @@ async def test_samples_taken_while_the_coordinator_is_down_arrive_after_it_retur
     runner_id = agent.identity().runner_id
     await coordinator.stop()
     down_since = time.time()
-    await wait_for(lambda: _at_least(len(agent.metrics.samples), 10), what="samples buffered on the agent")
+    # Counted from ``down_since``: samples taken while the coordinator was shutting down are buffered too.
+    await wait_for(lambda: _taken_since(agent, down_since, 10), what="samples buffered on the agent")
     down_until = time.time()
     await coordinator.start()
 
@@ -231,6 +232,10 @@ async def test_samples_taken_while_the_coordinator_is_down_arrive_after_it_retur
         return found is not None and found.samples >= 10
 
     await wait_for(delivered, what="the buffered samples stored")
+
+
+async def _taken_since(agent: Any, since: float, minimum: int) -> bool:
+    return sum(1 for s in agent.metrics.samples.pending(100_000) if s.at.timestamp() >= since) >= minimum
 
 
 async def _at_least(value: int, minimum: int) -> bool:

@@ -12,6 +12,7 @@ INTERNAL = {
     "/runners/{runner_id}/heartbeat",
     "/runners/{runner_id}/events",
     "/runners/{runner_id}/announce",
+    "/runners/{runner_id}/channel",
     "/runners/ws",
     "/openapi.json",
     "/health",

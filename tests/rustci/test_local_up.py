@@ -97,7 +97,7 @@ async def launch(tmp_path: Path) -> AsyncIterator[StartLaunch]:
     launches: list[Launch] = []
     env = {k: v for k, v in os.environ.items() if not k.startswith("RUSTCI_")}
 
-    def start(state: Path, port: int, agent_port: int) -> Launch:
+    def start(state: Path, port: int, agent_port: int, **extra_env: str) -> Launch:
         n = len(launches)
         out, err = tmp_path / f"up-{n}.out", tmp_path / f"up-{n}.err"
         argv = [sys.executable, "-m", "rustci", "local", "up", "--port", str(port), "--agent-port", str(agent_port)]
@@ -105,7 +105,7 @@ async def launch(tmp_path: Path) -> AsyncIterator[StartLaunch]:
             proc = subprocess.Popen(
                 [*argv, "--state-dir", str(state)],
                 cwd=tmp_path,
-                env=env,
+                env={**env, **extra_env},
                 stdin=subprocess.DEVNULL,
                 stdout=stdout,
                 stderr=stderr,
@@ -191,6 +191,32 @@ async def test_up_then_sigterm_then_up_again_keeps_key_and_runner(launch: StartL
     second.proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
     assert await second.exit_code() == 0, second.stderr()
     assert all(gone(pid) for pid in again.pids.values())
+
+
+async def test_an_agent_advertising_an_unreachable_address_is_fully_usable(launch: StartLaunch, tmp_path: Path) -> None:
+    """``RUSTCI_ADVERTISE_HOST=127.0.0.9 make run``: nothing listens at the advertised address, as for an agent
+    behind NAT; jobs, status, health, configuration and control work at once, over the agent's channel."""
+    launched = launch(tmp_path / "state", free_port(), free_port(), RUSTCI_ADVERTISE_HOST="127.0.0.9")
+    banner = await launched.banner()
+    runner = await check_api(launched, banner)
+    assert runner["host"] == "127.0.0.9"
+    api = Api(f"http://127.0.0.1:{launched.port}/api", banner.api_key)
+    try:
+        base = f"/runners/{banner.runner_id}"
+        for method, path, body in (
+            ("GET", "/status", None),
+            ("GET", "/health", None),
+            ("GET", "/config", None),
+            ("PUT", "/config", {"max_concurrent_jobs": 2}),
+            ("POST", "/stop", {"graceful": True, "timeout": 5}),
+            ("POST", "/start", None),
+        ):
+            status, answer = await api.request(method, base + path, json=body)
+            assert status == 200, (method, path, answer)
+    finally:
+        await api.close()
+    launched.proc.send_signal(signal.SIGTERM)
+    assert await launched.exit_code() == 0, launched.stderr()
 
 
 async def test_a_dying_child_takes_the_other_down_and_fails(launch: StartLaunch, tmp_path: Path) -> None:
