@@ -16,7 +16,9 @@ from coordinator.middlewares import setup_middlewares
 from coordinator.proxy import AgentClient
 from coordinator.ratelimit import RateLimiter
 from coordinator.routes import setup_routes
+from coordinator.routing import Router
 from coordinator.sse import setup_log_feed
+from coordinator.store.fleet import FleetStore
 from coordinator.store.metrics import MetricsStore, Retention
 from coordinator.store.sqlite import SqliteStore
 from shared.tasks import TaskSet
@@ -50,6 +52,22 @@ async def _dispatcher(app: web.Application) -> AsyncIterator[None]:
     app[keys.DISPATCHER] = dispatcher
     yield
     await dispatcher.close()
+
+
+async def _router(app: web.Application) -> AsyncIterator[None]:
+    store = app[keys.STORE]
+    if not isinstance(store, SqliteStore):
+        raise TypeError(f"routing needs the SQLite store, not {type(store).__name__}")
+    hub = app[keys.HUB]
+    router = Router(
+        store, FleetStore(store.db), app[keys.AGENTS], app[keys.DISPATCHER], hub, app[keys.PROMETHEUS].registry
+    )
+    app[keys.ROUTER] = router
+    hub.listeners.append(router.observe)
+    await router.open()
+    yield
+    hub.listeners.remove(router.observe)
+    await router.close()
 
 
 async def _background(app: web.Application) -> AsyncIterator[None]:
@@ -86,7 +104,7 @@ def make_app(config: CoordinatorConfig) -> web.Application:
     setup_middlewares(app)
     setup_routes(app)
     setup_log_feed(app)
-    app.cleanup_ctx.extend([_store, _agents, _hub, _dispatcher, _background, _metric_history])
+    app.cleanup_ctx.extend([_store, _agents, _hub, _dispatcher, _router, _background, _metric_history])
     # WebSocket clients and agent channels are closed before the cleanup contexts unwind.
     app.on_shutdown.append(lambda a: a[keys.HUB].close())
     app.on_shutdown.append(lambda a: a[keys.AGENTS].close())

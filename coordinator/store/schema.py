@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from coordinator.store import fleet as fleet_schema
 from coordinator.store import metrics as metrics_schema
 
 MIGRATIONS: list[str] = [
@@ -88,6 +89,8 @@ MIGRATIONS: list[str] = [
     """,
     # 3: metric history: raw load samples and their rollups (see coordinator/store/metrics.py)
     metrics_schema.MIGRATION,
+    # 4: jobs submitted to the fleet: the held pool and their assignments (see coordinator/store/fleet.py)
+    fleet_schema.MIGRATION,
 ]
 
 LEVELS = {"debug": 10, "info": 20, "warn": 30, "error": 40}
