@@ -285,3 +285,36 @@ async def test_a_routed_job_may_name_the_runner_type(coordinator: CoordinatorHan
     await _wait_fleet_job(api, job2["job_id"], status="completed")
     _, body = await api.get("/jobs?status=queued")
     assert [j["job_id"] for j in body["jobs"]] == [job["job_id"]] and body["jobs"][0]["type"] == "docker"
+
+
+async def test_500_routed_jobs_over_4_agents_each_end_once_spread_by_free_slots(
+    coordinator: CoordinatorHandle, start_agent: StartAgent
+) -> None:
+    api = coordinator.api
+    slots = {await _agent(start_agent, f"load-{n}", ["load"], n): n for n in (1, 2, 3, 4)}
+    await _agent(start_agent, "elsewhere", ["other"], 4)  # never qualifies
+    submitted: list[str] = []
+    for i in range(500):
+        submitted.append((await _submit(api, ["load"], name=f"load-{i}", run="sleep 0.02"))["job_id"])
+    assert len(set(submitted)) == 500
+
+    async def all_done() -> dict[str, Any] | None:
+        _, body = await api.get("/jobs?tags=load&limit=1000")
+        return body if all(j["status"] in TERMINAL for j in body["jobs"]) else None
+
+    body = await wait_for(all_done, 180, interval=0.5, what="all 500 routed jobs to end")
+    assert body["total_count"] == 500 and sorted(j["job_id"] for j in body["jobs"]) == sorted(submitted)
+    assert {j["status"] for j in body["jobs"]} == {"completed"}
+    per_runner = {runner_id: 0 for runner_id in slots}
+    for job in body["jobs"]:
+        per_runner[job["runner_id"]] += 1  # only runners with the tag
+    # Each job once: its runner lists it, with one attempt, and no other runner does.
+    for runner_id, count in per_runner.items():
+        _, listing = await api.get(f"/runners/{runner_id}/jobs?limit=1000")
+        assert listing["total_count"] == count
+    assert sum(per_runner.values()) == 500
+    by_slots = sorted(per_runner.items(), key=lambda item: slots[item[0]])
+    counts = [count for _, count in by_slots]
+    assert all(count > 0 for count in counts), counts
+    assert counts[-1] > counts[0], counts  # four slots took more than one slot
+    assert sum(counts[2:]) > sum(counts[:2]), counts  # 3 + 4 slots took more than 1 + 2
