@@ -14,8 +14,9 @@ can make a runner qualify wakes the assigner: a runner registered, connected, up
 ``active`` (started, heartbeats again), a job ended (a slot freed); and while jobs are held it also looks again
 every ``RECHECK`` seconds (a changed ``max_concurrent_jobs``, say). Each round hands out held jobs oldest first.
 
-**Back to the pool.** When a runner turns ``inactive`` or is ``stopped``, its routed jobs that no agent has
-accepted yet (still undelivered) go back to the pool and are assigned again; an accepted job stays with its
+**Back to the pool.** When a runner turns ``inactive`` or is ``stopped`` (seen as it happens, and at start for
+runners already so), its routed jobs that no agent has accepted yet (still undelivered) go back to the pool and
+are assigned again; an accepted job stays with its
 runner and ends there, so every job still ends in exactly one terminal state. The store moves a job back only
 while it is undelivered, in one transaction, and a delivery acknowledged for a job its runner no longer holds is
 answered with a cancel (see ``coordinator.dispatch``).
@@ -128,6 +129,9 @@ class Router:
 
     async def open(self) -> None:
         self.waiting = Counter(await self.fleet.held_by_tag_set())
+        for status in RELEASED_ON:  # went away while no coordinator was watching
+            away, _ = await self._store.list_runners(RunnerFilter(status=status), None, 0)
+            self._released.update(runner.id for runner in away)
         self._tasks.spawn(self._assigner(), "assigner")
         self.wake()
 
@@ -165,6 +169,8 @@ class Router:
                 self.wake()
             elif event.get("new_status") in WAKE_STATUSES:
                 self.wake()
+        elif kind == "runner_deleted":
+            self._released.add(str(event.get("runner_id")))
         elif kind in ("runner_registered", "runner_updated"):
             self.wake()
         elif kind == "job_status_change" and event.get("new_status") in TERMINAL_JOB_STATUSES:
@@ -191,7 +197,10 @@ class Router:
         while self._released:
             runner_id = self._released.pop()
             runner = await self._store.get_runner(runner_id)
-            if runner is not None and runner.status not in RELEASED_ON:
+            if runner is None:
+                await self.fleet.forget_runner(runner_id)
+                continue
+            if runner.status not in RELEASED_ON:
                 continue  # back already
             released = await self.fleet.release(runner_id)
             for job_id in released:

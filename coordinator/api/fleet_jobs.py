@@ -103,27 +103,31 @@ async def list_jobs(request: web.Request) -> web.Response:
 async def get_job(request: web.Request) -> web.Response:
     job_id = request.match_info["job_id"]
     fleet = request.app[keys.ROUTER].fleet
-    job = await request.app[keys.STORE].get_job(job_id)
-    routed = await fleet.get(job_id)
-    if job is not None:
-        detail = job_detail(job).model_dump()
-    elif routed is not None:  # held: only the pool has it
-        held = JobRecord(
-            id=routed.id,
-            runner_id="",
-            spec=routed.spec,
-            status=routed.status,
-            created_at=routed.created_at,
-            reason=routed.reason,
-            completed_at=routed.completed_at,
-        )
-        detail = {**job_detail(held).model_dump(), "runner_id": None}
-    else:
-        raise JobNotFound(job_id)
-    if routed is not None:
-        detail["tags"], detail["type"] = routed.tags, routed.type
-        detail["assigned_at"] = from_epoch(routed.assigned_at) if routed.assigned_at is not None else None
-    return json_response(FleetJobDetail.model_validate(detail))
+    for _ in range(2):  # read the pool first: a job it shows assigned has its row under the runner by then
+        routed = await fleet.get(job_id)
+        job = await request.app[keys.STORE].get_job(job_id)
+        if job is not None:
+            detail = job_detail(job).model_dump()
+        elif routed is not None and routed.runner_id is None:  # held: only the pool has it
+            held = JobRecord(
+                id=routed.id,
+                runner_id="",
+                spec=routed.spec,
+                status=routed.status,
+                created_at=routed.created_at,
+                reason=routed.reason,
+                completed_at=routed.completed_at,
+            )
+            detail = {**job_detail(held).model_dump(), "runner_id": None}
+        elif routed is not None:
+            continue  # moved back to the pool between the two reads
+        else:
+            break
+        if routed is not None:
+            detail["tags"], detail["type"] = routed.tags, routed.type
+            detail["assigned_at"] = from_epoch(routed.assigned_at) if routed.assigned_at is not None else None
+        return json_response(FleetJobDetail.model_validate(detail))
+    raise JobNotFound(job_id)
 
 
 async def cancel_job(request: web.Request) -> web.Response:

@@ -229,6 +229,18 @@ class FleetStore:
 
         return await self.db.run(op)
 
+    async def forget_runner(self, runner_id: str) -> int:
+        """A deleted runner's routed jobs go with it, as its runner-addressed ones do (its open jobs were
+        cancelled before it could be deleted)."""
+
+        def op(conn: sqlite3.Connection) -> int:
+            return conn.execute(
+                "DELETE FROM fleet_jobs WHERE runner_id = ? AND id NOT IN (SELECT id FROM jobs WHERE runner_id = ?)",
+                (runner_id, runner_id),
+            ).rowcount
+
+        return await self.db.run(op)
+
     async def cancel_held(self, job_id: str, reason: str, now: float) -> StatusChange | None:
         def op(conn: sqlite3.Connection) -> StatusChange | None:
             done = conn.execute(

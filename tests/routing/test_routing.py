@@ -318,3 +318,35 @@ async def test_500_routed_jobs_over_4_agents_each_end_once_spread_by_free_slots(
     assert all(count > 0 for count in counts), counts
     assert counts[-1] > counts[0], counts  # four slots took more than one slot
     assert sum(counts[2:]) > sum(counts[:2]), counts  # 3 + 4 slots took more than 1 + 2
+
+
+async def test_held_jobs_survive_a_coordinator_restart_and_are_assigned_after_it(
+    coordinator: CoordinatorHandle, start_agent: StartAgent
+) -> None:
+    api = coordinator.api
+    held = await _submit(api, ["after-restart"], name="kept")
+    assert held["runner_id"] is None
+    await coordinator.restart()
+    view = await _fleet_job(api, held["job_id"])
+    assert view["status"] == "queued" and view["runner_id"] is None
+    async with aiohttp.ClientSession() as session:
+        assert 'rustci_jobs_waiting_for_runner{tags="after-restart"} 1.0' in await _metrics(session, coordinator)
+    runner = await _agent(start_agent, "after", ["after-restart"], 1)
+    await _wait_fleet_job(api, held["job_id"], status="completed", runner_id=runner)
+
+
+async def test_deleting_a_runner_takes_its_routed_jobs_with_it_and_leaves_held_ones(
+    coordinator: CoordinatorHandle, start_agent: StartAgent, tmp_path: Path
+) -> None:
+    api = coordinator.api
+    runner = await _agent(start_agent, "doomed", ["gone"], 1)
+    assigned = await _submit(api, ["gone"], name="on-doomed", run=_blocking(tmp_path / "never"))
+    assert assigned["runner_id"] == runner
+    held = await _submit(api, ["gone"], name="waiting")
+    assert held["runner_id"] is None
+    status, body = await api.delete(f"/runners/{runner}?force=true")
+    assert status == 200, body
+    status, body = await api.get(f"/jobs/{assigned['job_id']}")
+    assert_error(status, body, 404, "JOB_NOT_FOUND")
+    _, listing = await api.get("/jobs")
+    assert [j["job_id"] for j in listing["jobs"]] == [held["job_id"]]
