@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from agent.daemon import Agent
 from tests.conftest import API_KEY, CoordinatorHandle, StartAgent
@@ -139,8 +141,9 @@ async def _metrics(session: aiohttp.ClientSession, coordinator: CoordinatorHandl
         return await response.text()
 
 
+@pytest.mark.parametrize("away", ["inactive", "stopped"])
 async def test_an_assigned_but_undelivered_job_is_rerouted_when_its_runner_goes_away(
-    coordinator: CoordinatorHandle, start_agent: StartAgent
+    coordinator: CoordinatorHandle, start_agent: StartAgent, away: str
 ) -> None:
     api = coordinator.api
     steady = await _agent(start_agent, "steady", ["reroute"], 1)
@@ -159,9 +162,25 @@ async def test_an_assigned_but_undelivered_job_is_rerouted_when_its_runner_goes_
             return any(f["kind"] == "job" and f["body"]["job_id"] == job["job_id"] for f in channel.frames)
 
         await wait_for(offered, 5, what="the job to be offered to the silent agent")
-    # Its channel closed before it accepted the job; once it turns inactive, the job goes to the other runner.
-    await api.wait_runner_status(silent_id, "inactive", timeout=10)
-    done = await _wait_fleet_job(api, job["job_id"], status="completed")
+        if away == "stopped":  # its agent says it stopped, before it accepted the job
+            assert channel.ws is not None
+            beat = {"load": {}, "state": "stopped", "heartbeat_interval": 10}
+            await channel.ws.send_str(json.dumps({"id": 99, "kind": "heartbeat", "body": beat}))
+            await api.wait_runner_status(silent_id, "stopped", timeout=10)
+            done = await _wait_fleet_job(api, job["job_id"], status="completed")
+            # Its acceptance arrives only now, after the job moved: the coordinator takes it back from it.
+            [offer] = [f for f in channel.frames if f["kind"] == "job"]
+            accepted = {"accepted": True, "job_id": job["job_id"], "status": "queued"}
+            await channel.ws.send_str(json.dumps({"id": offer["id"], "kind": "reply", "body": accepted}))
+
+            async def cancelled() -> bool:
+                return any(f["kind"] == "cancel" and f["body"]["job_id"] == job["job_id"] for f in channel.frames)
+
+            await wait_for(cancelled, 5, what="the late taker to be told to cancel the job")
+            assert (await _fleet_job(api, job["job_id"]))["status"] == "completed"  # still its one ending
+    if away == "inactive":  # its channel closed before it accepted the job; then it turns inactive
+        await api.wait_runner_status(silent_id, "inactive", timeout=10)
+        done = await _wait_fleet_job(api, job["job_id"], status="completed")
     assert done["runner_id"] == steady
     status, listing = await api.get(f"/runners/{silent_id}/jobs")
     assert status == 200 and listing["jobs"] == []
