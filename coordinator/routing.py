@@ -213,22 +213,22 @@ class Router:
     async def _round(self) -> dict[str, str]:
         """Assign held jobs, oldest first, while any runner has a free slot; returns job id -> runner id."""
         assigned: dict[str, str] = {}
-        while self.waiting.total():
-            candidates = await self._candidates()
-            if not candidates:
-                break
-            held = await self.fleet.held(BATCH)
-            before = len(assigned)
+        if not self.waiting.total():
+            return assigned
+        candidates = await self._candidates()
+        after = 0
+        while candidates:
+            held = await self.fleet.held(BATCH, after)
             for job in held:
                 choice = self._choose(job, candidates)
-                if choice is None:
-                    continue
-                if await self._assign(job, choice):
+                if choice is not None and await self._assign(job, choice):
                     assigned[job.id] = choice.runner.id
-                if not any(c.free > 0 for c in candidates):
-                    break
-            if len(held) < BATCH or len(assigned) == before:
+                    candidates = [c for c in candidates if c.free > 0]
+                    if not candidates:
+                        break
+            if len(held) < BATCH:
                 break
+            after = held[-1].seq
         return assigned
 
     async def _candidates(self) -> list[Candidate]:

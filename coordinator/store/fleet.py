@@ -72,6 +72,7 @@ class FleetJob:
     reason: str | None = None
     completed_at: float | None = None
     assigned_at: float | None = None
+    seq: int = 0
 
     @property
     def tag_set(self) -> str:
@@ -113,6 +114,7 @@ def _fleet_job(row: sqlite3.Row) -> FleetJob:
         reason=row["reason"],
         completed_at=row["completed_at"],
         assigned_at=row["assigned_at"],
+        seq=row["seq"],
     )
 
 
@@ -160,13 +162,14 @@ class FleetStore:
 
         return await self.db.read(op)
 
-    async def held(self, limit: int) -> list[FleetJob]:
-        """Held jobs, oldest first."""
+    async def held(self, limit: int, after: int = 0) -> list[FleetJob]:
+        """Held jobs, oldest first, from just after the one numbered ``after``."""
 
         def op(conn: sqlite3.Connection) -> list[FleetJob]:
             rows = conn.execute(
-                "SELECT * FROM fleet_jobs WHERE runner_id IS NULL AND status = 'queued' ORDER BY seq LIMIT ?",
-                (limit,),
+                "SELECT * FROM fleet_jobs WHERE runner_id IS NULL AND status = 'queued' AND seq > ?"
+                " ORDER BY seq LIMIT ?",
+                (after, limit),
             ).fetchall()
             return [_fleet_job(r) for r in rows]
 

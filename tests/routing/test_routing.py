@@ -10,6 +10,7 @@ import aiohttp
 import pytest
 
 from agent.daemon import Agent
+from coordinator import routing
 from tests.conftest import API_KEY, CoordinatorHandle, StartAgent
 from tests.helpers import TERMINAL, Api, SilentChannel, assert_error, register_runner, wait_for
 
@@ -369,3 +370,16 @@ async def test_deleting_a_runner_takes_its_routed_jobs_with_it_and_leaves_held_o
     assert_error(status, body, 404, "JOB_NOT_FOUND")
     _, listing = await api.get("/jobs")
     assert [j["job_id"] for j in listing["jobs"]] == [held["job_id"]]
+
+
+async def test_held_jobs_no_runner_can_take_do_not_block_later_ones(
+    coordinator: CoordinatorHandle, start_agent: StartAgent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(routing, "BATCH", 2)  # the pool is read two jobs at a time
+    api = coordinator.api
+    stuck = [(await _submit(api, ["nobody"], name=f"stuck-{i}"))["job_id"] for i in range(5)]
+    later = await _submit(api, ["someone"], name="later")
+    runner = await _agent(start_agent, "someone", ["someone"], 1)
+    await _wait_fleet_job(api, later["job_id"], status="completed", runner_id=runner)
+    _, body = await api.get("/jobs?status=queued")
+    assert sorted(j["job_id"] for j in body["jobs"]) == sorted(stuck)
