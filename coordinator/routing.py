@@ -41,7 +41,7 @@ from prometheus_client.registry import Collector
 from coordinator.dispatch import Dispatcher
 from coordinator.hub import Hub
 from coordinator.proxy import AgentClient
-from coordinator.store.base import RunnerFilter, RunnerRecord, StatusChange, Store
+from coordinator.store.base import QueueState, RunnerFilter, RunnerRecord, StatusChange, Store
 from coordinator.store.fleet import FleetJob, FleetStore
 from shared.models import TERMINAL_JOB_STATUSES
 from shared.tasks import TaskSet
@@ -60,6 +60,13 @@ DEFAULT_SLOTS = 1
 RELEASED_ON = frozenset({"inactive", "stopped"})
 WAKE_STATUSES = frozenset({"active"})
 ASSIGNMENT_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600)
+
+
+@dataclass
+class Assignment:
+    runner: RunnerRecord
+    queue: QueueState
+    """What was queued and running on the runner just before the job (for its start-time estimate)."""
 
 
 @dataclass
@@ -140,7 +147,7 @@ class Router:
 
     # --- what the API and the rest of the coordinator call ---------------------------------------------------
 
-    async def submit(self, job: FleetJob) -> str | None:
+    async def submit(self, job: FleetJob) -> Assignment | None:
         """Store a routed job and assign it (with anything held before it) if a runner can take it now."""
         await self.fleet.insert(job)
         self.waiting[job.tag_set] += 1
@@ -210,9 +217,9 @@ class Router:
             if released:
                 log.info("routed jobs back in the pool", runner_id=runner_id, jobs=len(released))
 
-    async def _round(self) -> dict[str, str]:
-        """Assign held jobs, oldest first, while any runner has a free slot; returns job id -> runner id."""
-        assigned: dict[str, str] = {}
+    async def _round(self) -> dict[str, Assignment]:
+        """Assign held jobs, oldest first, while any runner has a free slot; returns them by job id."""
+        assigned: dict[str, Assignment] = {}
         if not self.waiting.total():
             return assigned
         candidates = await self._candidates()
@@ -221,8 +228,9 @@ class Router:
             held = await self.fleet.held(BATCH, after)
             for job in held:
                 choice = self._choose(job, candidates)
-                if choice is not None and await self._assign(job, choice):
-                    assigned[job.id] = choice.runner.id
+                done = await self._assign(job, choice) if choice is not None else None
+                if done is not None:
+                    assigned[job.id] = done
                     candidates = [c for c in candidates if c.free > 0]
                     if not candidates:
                         break
@@ -246,11 +254,12 @@ class Router:
             return None
         return min(qualifying, key=lambda c: (-c.free, self._recent_count(c.runner.id)))
 
-    async def _assign(self, job: FleetJob, choice: Candidate) -> bool:
+    async def _assign(self, job: FleetJob, choice: Candidate) -> Assignment | None:
         now = time.time()
-        record = await self.fleet.assign(job, choice.runner.id, now)
-        if record is None:
-            return False  # cancelled meanwhile
+        taken = await self.fleet.assign(job, choice.runner.id, now)
+        if taken is None:
+            return None  # cancelled meanwhile
+        record, queue = taken
         choice.free -= 1
         self._count_out(job.tag_set)
         self._recent.setdefault(choice.runner.id, deque()).append(now)
@@ -267,7 +276,7 @@ class Router:
             }
         )
         log.info("routed job assigned", job_id=job.id, runner_id=choice.runner.id, free_before=choice.free + 1)
-        return True
+        return Assignment(choice.runner, queue)
 
     def _recent_count(self, runner_id: str) -> int:
         times = self._recent.get(runner_id)

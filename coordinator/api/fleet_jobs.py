@@ -60,9 +60,15 @@ async def submit(request: web.Request) -> web.Response:
     )
     router = request.app[keys.ROUTER]
     request.app[keys.HUB].publish(_job_event(job.id, None, None, "queued", job.created_at))
-    runner_id = await router.submit(job)
+    assignment = await router.submit(job)
+    runner_id = assignment.runner.id if assignment is not None else None
     log.info("fleet job accepted", job_id=job.id, tags=job.tag_set, runner_id=runner_id)
-    response = FleetJobSubmitResponse(job_id=job.id, runner_id=runner_id, status="queued", tags=job.tags)
+    estimate = None
+    if assignment is not None:
+        estimate = await request.app[keys.ESTIMATOR].start_time(assignment.runner, assignment.queue)
+    response = FleetJobSubmitResponse(
+        job_id=job.id, runner_id=runner_id, status="queued", tags=job.tags, estimated_start_time=estimate
+    )
     return json_response(response, status=201)
 
 

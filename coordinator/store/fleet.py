@@ -16,7 +16,7 @@ import sqlite3
 from dataclasses import dataclass, field
 from typing import Any
 
-from coordinator.store.base import JobRecord, StatusChange
+from coordinator.store.base import JobRecord, QueueState, StatusChange
 from shared.models import JobSubmission
 from shared.sqlite import Database
 
@@ -196,10 +196,11 @@ class FleetStore:
 
         return await self.db.read(op)
 
-    async def assign(self, job: FleetJob, runner_id: str, now: float) -> JobRecord | None:
-        """Give a held job to ``runner_id``: its ``jobs`` row is written; ``None`` if it is no longer held."""
+    async def assign(self, job: FleetJob, runner_id: str, now: float) -> tuple[JobRecord, QueueState] | None:
+        """Give a held job to ``runner_id``: its ``jobs`` row is written; ``None`` if it is no longer held. Also
+        returns what was queued and running on the runner just before it (for its start-time estimate)."""
 
-        def op(conn: sqlite3.Connection) -> JobRecord | None:
+        def op(conn: sqlite3.Connection) -> tuple[JobRecord, QueueState] | None:
             taken = conn.execute(
                 "UPDATE fleet_jobs SET runner_id = ?, assigned_at = ? WHERE id = ? AND runner_id IS NULL"
                 " AND status = 'queued'",
@@ -207,11 +208,21 @@ class FleetStore:
             ).rowcount
             if not taken:
                 return None
+            ahead = conn.execute(
+                "SELECT COUNT(*) FROM jobs WHERE runner_id = ? AND status = 'queued'", (runner_id,)
+            ).fetchone()[0]
+            running = conn.execute(
+                "SELECT COALESCE(started_at, created_at) FROM jobs WHERE runner_id = ? AND status = 'running'",
+                (runner_id,),
+            ).fetchall()
             conn.execute(
                 "INSERT INTO jobs (id, runner_id, name, spec, status, created_at) VALUES (?, ?, ?, ?, 'queued', ?)",
                 (job.id, runner_id, job.spec.name, job.spec.model_dump_json(), job.created_at),
             )
-            return JobRecord(id=job.id, runner_id=runner_id, spec=job.spec, status="queued", created_at=job.created_at)
+            record = JobRecord(
+                id=job.id, runner_id=runner_id, spec=job.spec, status="queued", created_at=job.created_at
+            )
+            return record, QueueState(int(ahead), [float(r[0]) for r in running])
 
         return await self.db.run(op)
 

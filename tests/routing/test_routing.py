@@ -72,6 +72,7 @@ async def test_a_job_goes_to_the_qualifying_runner_with_most_free_slots_ties_to_
 
     first = await _submit(api, ["build", "linux"], name="first", run=_blocking(gate))
     assert first["runner_id"] == small  # most free slots among the qualifying (2 > 1)
+    assert first["tags"] == ["build", "linux"] and first["estimated_start_time"]  # a free slot: about now
     second = await _submit(api, ["linux"], name="second", run=_blocking(gate))
     assert second["runner_id"] == big  # 1 free each: big was assigned none in the last minute, small one
     third = await _submit(api, ["build"], name="third")
