@@ -123,6 +123,8 @@ class Router:
         self._wake = asyncio.Event()
         self._released: set[str] = set()
         self._recent: dict[str, deque[float]] = {}
+        self._answering: dict[str, Assignment | None] = {}
+        """Jobs whose submission is still being answered, and where they went (another round may place them)."""
         self._tasks = TaskSet("routing")
         self.waiting: Counter[str] = Counter()
         """Held jobs by tag set."""
@@ -149,11 +151,15 @@ class Router:
 
     async def submit(self, job: FleetJob) -> Assignment | None:
         """Store a routed job and assign it (with anything held before it) if a runner can take it now."""
-        await self.fleet.insert(job)
-        self.waiting[job.tag_set] += 1
-        async with self._lock:
-            assigned = await self._round()
-        return assigned.get(job.id)
+        self._answering[job.id] = None
+        try:
+            await self.fleet.insert(job)
+            self.waiting[job.tag_set] += 1
+            async with self._lock:
+                await self._round()
+            return self._answering[job.id]
+        finally:
+            del self._answering[job.id]
 
     async def cancel_held(self, job: FleetJob, reason: str) -> StatusChange | None:
         """Cancel a job while it is held; ``None`` if a runner has it (cancel it there instead)."""
@@ -276,7 +282,10 @@ class Router:
             }
         )
         log.info("routed job assigned", job_id=job.id, runner_id=choice.runner.id, free_before=choice.free + 1)
-        return Assignment(choice.runner, queue)
+        assignment = Assignment(choice.runner, queue)
+        if job.id in self._answering:
+            self._answering[job.id] = assignment
+        return assignment
 
     def _recent_count(self, runner_id: str) -> int:
         times = self._recent.get(runner_id)

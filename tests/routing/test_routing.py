@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -387,3 +388,25 @@ async def test_held_jobs_no_runner_can_take_do_not_block_later_ones(
     await _wait_fleet_job(api, later["job_id"], status="completed", runner_id=runner)
     _, body = await api.get("/jobs?status=queued")
     assert sorted(j["job_id"] for j in body["jobs"]) == sorted(stuck)
+
+
+async def test_concurrent_submissions_never_fill_a_runner_past_its_slots(
+    coordinator: CoordinatorHandle, start_agent: StartAgent, tmp_path: Path
+) -> None:
+    api = coordinator.api
+    gate = tmp_path / "gate"
+    two = await _agent(start_agent, "two", ["par"], 2)
+    three = await _agent(start_agent, "three", ["par"], 3)
+    answers = await asyncio.gather(*(_submit(api, ["par"], name=f"par-{i}", run=_blocking(gate)) for i in range(20)))
+    placed = [a["runner_id"] for a in answers]
+    assert placed.count(two) == 2 and placed.count(three) == 3 and placed.count(None) == 15
+    _, body = await api.get("/jobs?tags=par&limit=100")
+    held = [j for j in body["jobs"] if j["runner_id"] is None]
+    assert len(held) == 15 and {j["status"] for j in held} == {"queued"}
+    gate.touch()  # as slots free up, the held ones follow, still never more than the slots at once
+
+    async def all_done() -> bool:
+        _, body = await api.get("/jobs?tags=par&status=completed&limit=100")
+        return bool(body["total_count"] == 20)
+
+    await wait_for(all_done, 60, interval=0.2, what="all 20 jobs to complete")
