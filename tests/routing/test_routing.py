@@ -403,7 +403,7 @@ async def test_concurrent_submissions_never_fill_a_runner_past_its_slots(
     _, body = await api.get("/jobs?tags=par&limit=100")
     held = [j for j in body["jobs"] if j["runner_id"] is None]
     assert len(held) == 15 and {j["status"] for j in held} == {"queued"}
-    gate.touch()  # as slots free up, the held ones follow, still never more than the slots at once
+    gate.touch()  # as slots free up, the held ones follow
 
     async def all_done() -> bool:
         _, body = await api.get("/jobs?tags=par&status=completed&limit=100")
