@@ -68,6 +68,11 @@ ROUTES: dict[tuple[str, str], Policy] = {
     ("POST", f"{R}/events"): AGENT,
     ("POST", f"{R}/announce"): AGENT,
     ("GET", f"{R}/channel"): AGENT,
+    # Jobs without their runner: routed by tags, found by id.
+    ("POST", "/api/jobs"): WRITE,
+    ("GET", "/api/jobs"): READ,
+    ("GET", "/api/jobs/{job_id}"): READ,
+    ("POST", "/api/jobs/{job_id}/cancel"): WRITE,
     # Credentials and the trail.
     ("POST", "/api/tickets"): USER,
     ("GET", "/api/whoami"): USER,

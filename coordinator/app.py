@@ -19,8 +19,10 @@ from coordinator.middlewares import setup_middlewares
 from coordinator.proxy import AgentClient
 from coordinator.ratelimit import RateLimiter
 from coordinator.routes import setup_routes
+from coordinator.routing import Router
 from coordinator.sealing import Sealer
 from coordinator.sse import setup_log_feed
+from coordinator.store.fleet import FleetStore
 from coordinator.store.metrics import MetricsStore, Retention
 from coordinator.store.sqlite import SqliteStore
 from coordinator.tickets import TicketBook
@@ -57,6 +59,27 @@ async def _dispatcher(app: web.Application) -> AsyncIterator[None]:
     app[keys.DISPATCHER] = dispatcher
     yield
     await dispatcher.close()
+
+
+async def _router(app: web.Application) -> AsyncIterator[None]:
+    store = app[keys.STORE]
+    if not isinstance(store, SqliteStore):
+        raise TypeError(f"routing needs the SQLite store, not {type(store).__name__}")
+    hub = app[keys.HUB]
+    router = Router(
+        store,
+        FleetStore(store.db, store.sealer),
+        app[keys.AGENTS],
+        app[keys.DISPATCHER],
+        hub,
+        app[keys.PROMETHEUS].registry,
+    )
+    app[keys.ROUTER] = router
+    hub.listeners.append(router.observe)
+    await router.open()
+    yield
+    hub.listeners.remove(router.observe)
+    await router.close()
 
 
 async def _background(app: web.Application) -> AsyncIterator[None]:
@@ -107,7 +130,7 @@ def make_app(config: CoordinatorConfig) -> web.Application:
     setup_middlewares(app)
     setup_routes(app)
     setup_log_feed(app)
-    app.cleanup_ctx.extend([_store, _agents, _hub, _dispatcher, _background, _metric_history, _audit])
+    app.cleanup_ctx.extend([_store, _agents, _hub, _dispatcher, _router, _background, _metric_history, _audit])
     # WebSocket clients and agent channels are closed before the cleanup contexts unwind.
     app.on_shutdown.append(lambda a: a[keys.HUB].close())
     app.on_shutdown.append(lambda a: a[keys.AGENTS].close())

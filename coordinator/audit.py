@@ -60,6 +60,8 @@ ACTIONS: dict[tuple[str, str], str] = {
     ("DELETE", R): "runner.delete",
     ("POST", f"{R}/jobs"): "job.submit",
     ("POST", f"{R}/jobs/{{job_id}}/cancel"): "job.cancel",
+    ("POST", "/api/jobs"): "job.submit",
+    ("POST", "/api/jobs/{job_id}/cancel"): "job.cancel",
     ("PUT", f"{R}/config"): "runner.config",
     ("POST", f"{R}/start"): "runner.start",
     ("POST", f"{R}/stop"): "runner.stop",

@@ -114,8 +114,9 @@ class Dispatcher:
                 "job held: agent did not take it", runner_id=runner.id, job_id=job.id, code=e.code, reason=e.message
             )
             return False
-        if await self._store.mark_delivered(job.id) == "cancelled":
-            # Cancelled on the coordinator while the push was in flight: the agent has it now, so tell it.
+        if await self._store.mark_delivered(job.id, runner.id) in ("cancelled", None):
+            # Cancelled on the coordinator (or, routed, moved to another runner) while the push was in flight:
+            # the agent has it now, so tell it.
             try:
                 await self._agents.call(runner, "cancel", CancelRequest(job_id=job.id))
             except ApiError as e:

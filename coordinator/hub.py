@@ -10,6 +10,7 @@ consumer costs the coordinator a bounded amount of memory and never slows the ot
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,12 +60,16 @@ class Hub:
         self._connected: set[Subscriber] = set()
         """Every connection whose handler has not finished (including ones told to close)."""
         self._closing = False
+        self.listeners: list[Callable[[dict[str, Any]], None]] = []
+        """In-process observers of every event (e.g. ``coordinator.routing``), called before the fan-out."""
 
     @property
     def client_count(self) -> int:
         return len(self._connected)
 
     def publish(self, event: dict[str, Any]) -> None:
+        for listener in self.listeners:
+            listener(event)
         if not self._fanout:
             return
         text: str | None = None

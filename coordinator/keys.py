@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from coordinator.metrics import CoordinatorMetrics
     from coordinator.proxy import AgentClient
     from coordinator.ratelimit import RateLimiter
+    from coordinator.routing import Router
     from coordinator.sse import LogFeed
     from coordinator.store.base import Store
     from coordinator.store.metrics import MetricsStore
@@ -29,6 +30,7 @@ RUNNER_TOKENS: web.AppKey[TokenCache] = web.AppKey("runner_tokens")
 STORE: web.AppKey[Store] = web.AppKey("store")
 AGENTS: web.AppKey[AgentClient] = web.AppKey("agents")
 DISPATCHER: web.AppKey[Dispatcher] = web.AppKey("dispatcher")
+ROUTER: web.AppKey[Router] = web.AppKey("router")
 ESTIMATOR: web.AppKey[Estimator] = web.AppKey("estimator")
 HUB: web.AppKey[Hub] = web.AppKey("hub")
 LOG_FEED: web.AppKey[LogFeed] = web.AppKey("log_feed")

@@ -134,6 +134,29 @@ OPERATIONS: tuple[Operation, ...] = (
             OFFSET,
         ),
     ),
+    Operation(
+        "post",
+        "/jobs",
+        "Submit a job to the fleet: assigned to a runner with all its tags, or held until one qualifies",
+        m.FleetJobSubmitResponse,
+        m.FleetJobSubmission,
+        201,
+    ),
+    Operation(
+        "get",
+        "/jobs",
+        "List jobs of every runner, and those held for the fleet",
+        m.FleetJobList,
+        params=(
+            Param("status", "Filter by job status", {"enum": list(m.JOB_STATUSES)}),
+            Param("runner_id", "Only jobs assigned to this runner", {"type": "string"}),
+            Param("tags", "Comma-separated tags; jobs routed by all of them", {"type": "string"}),
+            LIMIT,
+            OFFSET,
+        ),
+    ),
+    Operation("get", "/jobs/{job_id}", "Get any job, with its runner (null while held)", m.FleetJobDetail),
+    Operation("post", "/jobs/{job_id}/cancel", "Cancel any job, held or on its runner", m.CancelResult),
 )
 
 ERROR_SCHEMA: dict[str, Any] = {

@@ -2,7 +2,8 @@
 
 - registration: per client IP (``POST /runners/register``; behind a trusted proxy, from ``X-Forwarded-For``)
 - status and health: per runner (``GET /runners/{id}/status``, ``GET /runners/{id}/health``)
-- job submission: per runner (``POST /runners/{id}/jobs``)
+- job submission: per runner (``POST /runners/{id}/jobs``), and per tag set for jobs submitted to the fleet
+  (``POST /jobs``: the sorted set of the body's ``tags``, with the same limit, counted apart from the runners')
 - bulk operations: per user (``POST /runners/bulk``; the user is the credential that authenticated)
 
 Fixed one-minute windows aligned to the clock, so ``X-RateLimit-Reset`` (epoch seconds) is the same for every
@@ -11,9 +12,10 @@ client of a window. Counters live in memory; the table of keys is pruned of past
 
 from __future__ import annotations
 
+import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +35,7 @@ MAX_KEYS = 100_000
 class Rule:
     name: str
     limit: int
-    key: Callable[[web.Request], str]
+    key: Callable[[web.Request], str | Awaitable[str]]
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,7 @@ def _rules(settings: RateLimits) -> dict[tuple[str, str], Rule]:
         ("GET", "/api/runners/{runner_id}/health"): Rule("status", settings.status_per_minute, _runner),
         ("POST", "/api/runners/{runner_id}/jobs"): Rule("jobs", settings.job_submission_per_minute, _runner),
         ("POST", "/api/runners/bulk"): Rule("bulk", settings.bulk_per_minute, _user),
+        ("POST", "/api/jobs"): Rule("jobs", settings.job_submission_per_minute, _tag_set),
     }
 
 
@@ -107,6 +110,16 @@ def _client_ip(request: web.Request) -> str:
 
 def _runner(request: web.Request) -> str:
     return request.match_info.get("runner_id", "")
+
+
+async def _tag_set(request: web.Request) -> str:
+    """The body's tag set (the body is read once; the handler reads the same bytes again)."""
+    try:
+        tags = json.loads(await request.read()).get("tags") or []
+        names = sorted({str(tag).strip() for tag in tags})
+    except (ValueError, AttributeError, TypeError):
+        names = []  # the handler refuses the body; it still counts against the empty tag set
+    return "tags:" + ",".join(names)
 
 
 def _user(request: web.Request) -> str:
@@ -121,7 +134,8 @@ async def rate_limit_middleware(request: web.Request, handler: Any) -> web.Strea
     if rule is None:
         response: web.StreamResponse = await handler(request)
         return response
-    decision = limiter.hit(rule, rule.key(request))
+    key = rule.key(request)
+    decision = limiter.hit(rule, key if isinstance(key, str) else await key)
     if not decision.allowed:
         retry_after = max(decision.reset - int(limiter.now()), 1)
         error = RateLimitExceeded(

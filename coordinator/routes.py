@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from coordinator import audit, tickets
-from coordinator.api import agents, bulk, control, docs, health, jobs, logs, runners, status, stream
+from coordinator.api import agents, bulk, control, docs, fleet_jobs, health, jobs, logs, runners, status, stream
 from coordinator.dashboard import assets, session
 
 
@@ -48,3 +48,8 @@ def setup_routes(app: web.Application) -> None:
     r.add_post("/api/runners/{runner_id}/events", agents.ingest_events)
     r.add_post("/api/runners/{runner_id}/announce", runners.update_runner)  # the agent re-announcing itself
     r.add_get("/api/runners/{runner_id}/logs", logs.get_logs)
+    # Jobs without naming their runner: routed by tags on submit, found by id (``coordinator.routing``).
+    r.add_post("/api/jobs", fleet_jobs.submit)
+    r.add_get("/api/jobs", fleet_jobs.list_jobs)
+    r.add_get("/api/jobs/{job_id}", fleet_jobs.get_job)
+    r.add_post("/api/jobs/{job_id}/cancel", fleet_jobs.cancel_job)

@@ -26,10 +26,11 @@ from urllib.parse import quote
 import requests
 from pydantic import BaseModel, ValidationError
 
-from shared.errors import InternalError, InvalidRequest, JobNotFound, RunnerNotFound, from_envelope
+from shared.errors import InternalError, InvalidRequest, from_envelope
 from shared.models import (
     TERMINAL_JOB_STATUSES,
     BulkRequest,
+    FleetJobSubmission,
     JobSubmission,
     RestartRequest,
     RunnerConfigUpdate,
@@ -322,8 +323,46 @@ class RustCIClient:
 
     # --- jobs ----------------------------------------------------------------------------------------------
 
-    def submit_job(self, runner_id: str, job: Body) -> dict[str, Any]:
-        return self.request("POST", f"/runners/{_segment(runner_id)}/jobs", json_body=_validated(JobSubmission, job))
+    def submit_job(
+        self,
+        runner_id: str | None = None,
+        job: Body | None = None,
+        *,
+        tags: Iterable[str] | None = None,
+        type: str | None = None,
+    ) -> dict[str, Any]:
+        """Submit ``job`` to ``runner_id``; or, with ``runner_id=None`` (or ``tags``), to the fleet: any runner
+        with all of ``tags`` (and of ``type``) takes it, and ``runner_id`` in the answer is ``None`` while none can."""
+        if job is None:
+            raise InvalidRequest("A job to submit is required", field="job")
+        if runner_id is not None and tags is None and type is None:
+            body = _validated(JobSubmission, job)
+            return self.request("POST", f"/runners/{_segment(runner_id)}/jobs", json_body=body)
+        if runner_id is not None:
+            raise InvalidRequest("Give a runner id or tags and type, not both", field="runner_id")
+        routed = {**_validated(JobSubmission, job), "tags": list(tags or []), **({"type": type} if type else {})}
+        return self.request("POST", "/jobs", json_body=_validated(FleetJobSubmission, routed))
+
+    def list_all_jobs(
+        self,
+        status: str | None = None,
+        runner_id: str | None = None,
+        tags: Iterable[str] | None = None,
+        limit: int | None = None,
+        offset: int | None = None,
+    ) -> dict[str, Any]:
+        """Jobs of every runner, and those held for the fleet (``GET /jobs``)."""
+        joined = ",".join(tags) if tags else None
+        params = {"status": status, "runner_id": runner_id, "tags": joined, "limit": limit, "offset": offset}
+        return self.request("GET", "/jobs", params=params)
+
+    def find_job(self, job_id: str) -> dict[str, Any]:
+        """Any job by id, with its ``runner_id`` (``None`` while it is held for the fleet)."""
+        return self.request("GET", f"/jobs/{_segment(job_id)}")
+
+    def cancel_job_by_id(self, job_id: str) -> dict[str, Any]:
+        """Cancel any job by id: held for the fleet, or on its runner."""
+        return self.request("POST", f"/jobs/{_segment(job_id)}/cancel")
 
     def list_jobs(
         self, runner_id: str, status: str | None = None, limit: int | None = None, offset: int | None = None
@@ -336,21 +375,6 @@ class RustCIClient:
 
     def cancel_job(self, runner_id: str, job_id: str) -> dict[str, Any]:
         return self.request("POST", f"/runners/{_segment(runner_id)}/jobs/{_segment(job_id)}/cancel")
-
-    def find_job(self, job_id: str) -> dict[str, Any]:
-        """The job's details, wherever it runs: the API addresses jobs per runner, so this asks each registered
-        runner in turn (one request per runner; fine for fleets of hundreds). ``JobNotFound`` when none has it."""
-        offset = 0
-        while True:
-            page = self.list_runners(limit=100, offset=offset)
-            for runner in page.get("runners", []):
-                try:
-                    return self.get_job(runner["id"], job_id)
-                except (JobNotFound, RunnerNotFound):
-                    continue
-            if not page.get("has_more"):
-                raise JobNotFound(job_id)
-            offset += len(page.get("runners", []))
 
     def wait_for_job(self, runner_id: str, job_id: str, timeout: float = 300.0) -> dict[str, Any]:
         """Poll the job until it is completed, failed, timed out or cancelled; ``JobWaitTimeout`` after ``timeout``."""

@@ -186,7 +186,7 @@ def validation_error(e: ValidationError, what: str = "request body") -> InvalidR
 
 
 async def read_json(request: web.Request, *, optional: bool = False) -> Any:
-    if not request.can_read_body:
+    if not request.body_exists:  # (not ``can_read_body``: a middleware may have read it already; it is cached)
         if optional:
             return {}
         raise InvalidRequest("A JSON request body is required", field="body")

@@ -279,6 +279,55 @@ class JobList(Response):
     has_more: bool
 
 
+# --- jobs submitted to the fleet (routed by tags) -------------------------------------------------------------
+
+
+class FleetJobSubmission(JobSubmission):
+    """``POST /jobs``: a job for any runner that has all of ``tags`` (and is of ``type``, if given)."""
+
+    tags: list[Label] = Field(default_factory=list, max_length=64)
+    type: RunnerType | None = None
+
+    def job(self) -> JobSubmission:
+        """The job itself, as its runner's agent receives it."""
+        return JobSubmission.model_validate(self.model_dump(exclude={"tags", "type"}, exclude_unset=True))
+
+
+class FleetJobSubmitResponse(Response):
+    success: bool = True
+    job_id: str
+    runner_id: str | None
+    """``None`` while no runner qualifies: the job is held by the coordinator until one does."""
+    status: JobStatus
+    tags: list[str]
+    estimated_start_time: Timestamp | None = None
+
+
+class FleetJobSummary(JobSummary):
+    runner_id: str | None
+    tags: list[str] = Field(default_factory=list)
+    """The tags it was routed by (empty for a job submitted to one runner)."""
+    type: RunnerType | None = None
+
+
+class FleetJobList(Response):
+    jobs: list[FleetJobSummary]
+    total_count: int
+    has_more: bool
+
+
+class FleetJobDetail(FleetJobSummary):
+    """``GET /jobs/{id}``: the job detail of ``GET /runners/{id}/jobs/{job_id}`` plus how it was routed."""
+
+    reason: str | None = None
+    attempt: int = 0
+    timeout: int | None = None
+    retry_count: int = 0
+    steps: list[StepResult]
+    attempts: list[JobAttempt] = Field(default_factory=list)
+    assigned_at: Timestamp | None = None
+
+
 # --- agent <-> coordinator -----------------------------------------------------------------------------------
 
 

@@ -136,6 +136,7 @@ async def channel(request: web.Request) -> web.WebSocketResponse:
             await old.ws.close(message=b"replaced by a newer connection of the runner's agent")
         bound.info("agent connected", host=runner.host)
         app[keys.DISPATCHER].kick(runner.id)  # deliver what was held while it was away
+        app[keys.ROUTER].wake()  # it may qualify for jobs held for the fleet
         await _serve(app, runner.id, ws, link)
     finally:
         app[keys.AGENTS].detach(link)

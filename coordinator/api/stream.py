@@ -20,7 +20,14 @@ from coordinator.hub import Subscriber
 from shared.errors import InvalidRequest
 
 EVENT_TYPES = frozenset(
-    {"runner_status_change", "runner_registered", "runner_updated", "runner_deleted", "job_status_change"}
+    {
+        "runner_status_change",
+        "runner_registered",
+        "runner_updated",
+        "runner_deleted",
+        "job_status_change",
+        "job_assigned",
+    }
 )
 
 

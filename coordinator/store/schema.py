@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from coordinator import audit
+from coordinator.store import fleet as fleet_schema
 from coordinator.store import metrics as metrics_schema
 
 MIGRATIONS: list[str] = [
@@ -91,6 +92,8 @@ MIGRATIONS: list[str] = [
     metrics_schema.MIGRATION,
     # 4: the audit trail (see coordinator/audit.py)
     audit.MIGRATION,
+    # 5: jobs submitted to the fleet: the held pool and their assignments (see coordinator/store/fleet.py)
+    fleet_schema.MIGRATION,
 ]
 
 LEVELS = {"debug": 10, "info": 20, "warn": 30, "error": 40}

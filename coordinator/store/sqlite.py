@@ -94,6 +94,10 @@ class SqliteStore:
         self._runners: dict[str, tuple[float, RunnerRecord]] = {}
         self._generation = 0
 
+    @property
+    def sealer(self) -> Sealer | None:
+        return self._sealer
+
     async def open(self) -> None:
         await self.db.open()
 
@@ -341,12 +345,13 @@ class SqliteStore:
 
         return await self.db.read(op)
 
-    async def mark_delivered(self, job_id: str) -> str | None:
-        """Record that the agent took the job; returns the job's status (``None`` if it no longer exists)."""
+    async def mark_delivered(self, job_id: str, runner_id: str) -> str | None:
+        """Record that the runner's agent took the job; returns the job's status (``None`` if the runner no
+        longer has it: deleted, or a routed job moved to another runner)."""
 
         def op(conn: sqlite3.Connection) -> str | None:
-            conn.execute("UPDATE jobs SET delivered = 1 WHERE id = ?", (job_id,))
-            row = conn.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            conn.execute("UPDATE jobs SET delivered = 1 WHERE id = ? AND runner_id = ?", (job_id, runner_id))
+            row = conn.execute("SELECT status FROM jobs WHERE id = ? AND runner_id = ?", (job_id, runner_id)).fetchone()
             return str(row["status"]) if row else None
 
         return await self.db.run(op)

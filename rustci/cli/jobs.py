@@ -1,7 +1,8 @@
 """``rustci jobs ...`` and ``rustci logs``: submitting jobs, following them to their end, reading logs.
 
-The API addresses a job under its runner; where only a job id is given (``jobs get|cancel JOB``, ``logs
---job JOB``) the CLI finds the runner with :meth:`RustCIClient.find_job` (one request per runner).
+A job goes to one runner (``--runner``) or to the fleet (``--tag``, repeatable: any runner with all the tags
+takes it). Where only a job id is given (``jobs get|cancel JOB``, ``logs --job JOB``) the CLI finds its runner
+with :meth:`RustCIClient.find_job` (``GET /api/jobs/{id}``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import yaml
 
 from rustci.cli import output
 from rustci.cli.connection import resolve
-from rustci.cli.errors import FAILED, JOB_CANCELLED, JOB_TIMED_OUT, OK, CliError
+from rustci.cli.errors import FAILED, JOB_CANCELLED, JOB_TIMED_OUT, OK, USAGE, CliError
 from rustci.cli.output import Column
 from rustci.client import RustCIClient
 from shared.models import TERMINAL_JOB_STATUSES
@@ -118,16 +119,37 @@ def follow_job(client: RustCIClient, runner_id: str, job_id: str, timeout: float
             raise CliError(f"job {job_id} is still {job.get('status')} after {timeout:g}s", FAILED)
 
 
+def _assigned_runner(client: RustCIClient, job_id: str, timeout: float) -> str:
+    """The runner a job submitted to the fleet was given to, once it has one (held jobs wait for a runner)."""
+    deadline = time.monotonic() + timeout
+    interval = 0.05
+    while True:
+        job = client.find_job(job_id)
+        if job.get("runner_id"):
+            return str(job["runner_id"])
+        if job.get("status") in TERMINAL_JOB_STATUSES:
+            raise CliError(f"job {job_id} ended {job.get('status')} before a runner took it", FAILED)
+        if time.monotonic() > deadline:
+            raise CliError(f"job {job_id} found no runner within {timeout:g}s", FAILED)
+        time.sleep(interval)
+        interval = min(interval * 2, 1.0)
+
+
 def jobs_submit(args: argparse.Namespace) -> int:
     job = _job_from_flags(args)
+    if args.runner and args.tag:
+        raise CliError("give --runner or --tag, not both", USAGE)
     with resolve(args).client() as client:
-        submitted = client.submit_job(args.runner, job)
+        if args.runner:
+            submitted = client.submit_job(args.runner, job)
+        else:
+            submitted = client.submit_job(job=job, tags=args.tag or [])
+        where = submitted.get("runner_id") or args.runner or "the fleet (held until a runner qualifies)"
         if not args.wait:
-            return output.show(
-                args.output, submitted, f"job {submitted['job_id']} {submitted['status']} on {args.runner}"
-            )
-        print(f"--- job {submitted['job_id']} submitted to {args.runner}", file=sys.stderr, flush=True)
-        final = follow_job(client, args.runner, submitted["job_id"], args.wait_timeout)
+            return output.show(args.output, submitted, f"job {submitted['job_id']} {submitted['status']} on {where}")
+        print(f"--- job {submitted['job_id']} submitted to {where}", file=sys.stderr, flush=True)
+        runner_id = args.runner or _assigned_runner(client, submitted["job_id"], args.wait_timeout)
+        final = follow_job(client, runner_id, submitted["job_id"], args.wait_timeout)
     code = exit_code_of(final)
     detail = f", exit code {final.get('exit_code')}" if final.get("exit_code") is not None else ""
     print(f"--- job {final['job_id']} {final['status']}{detail}", file=sys.stderr, flush=True)
@@ -203,7 +225,10 @@ def add_parsers(groups: Any, common: argparse.ArgumentParser) -> None:
     jobs = groups.add_parser("jobs", help="jobs: submit, list, get, cancel")
     cmds = jobs.add_subparsers(dest="command", required=True, metavar="COMMAND")
     submit = cmds.add_parser("submit", parents=[common], help="submit a job (from a file, or --name and --step)")
-    submit.add_argument("--runner", required=True, metavar="RUNNER")
+    submit.add_argument("--runner", metavar="RUNNER", help="the runner to run it (else routed by --tag)")
+    submit.add_argument(
+        "--tag", action="append", metavar="T", help="route to any runner with all these tags; repeatable"
+    )
     submit.add_argument("-f", "--file", metavar="FILE", help="the job body as YAML or JSON; - reads stdin")
     submit.add_argument("--name", help="the job's name (overrides the file's)")
     submit.add_argument("--step", action="append", metavar="NAME=CMD", help="a step; repeat, in order")

@@ -76,5 +76,5 @@ async def test_agent_lines_name_their_component(
     proc = agent_process(coordinator.url)
     await wait_process_runner(coordinator.api, proc)
     lines = json_lines(proc.log())
-    assert any(line.get("event") == "agent API listening" for line in lines)
+    assert any(line.get("event") == "agent health and metrics listening" for line in lines)
     assert {line["component"] for line in lines} == {"agent"}

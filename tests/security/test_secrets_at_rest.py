@@ -12,7 +12,7 @@ import pytest
 from coordinator import sealing
 from shared.models import JobSubmission
 from tests.conftest import CoordinatorHandle, StartAgent
-from tests.helpers import submit_job
+from tests.helpers import submit_job, wait_for
 
 SECRET = "hunter2-very-secret-value-4711"
 STEP_SECRET = "step-only-secret-value-0815"
@@ -121,3 +121,32 @@ async def test_a_held_job_whose_key_was_replaced_is_cancelled_not_sent(
     assert (await coordinator.api.post(f"/runners/{runner_id}/start"))[0] == 200
     done = await coordinator.api.wait_job(runner_id, job_id, {"completed", "failed", "cancelled"})
     assert done["status"] == "cancelled" and "cannot be decrypted" in done["reason"], done
+
+
+async def test_a_job_routed_by_tags_keeps_no_masked_value_in_plain_text(
+    coordinator: CoordinatorHandle, start_agent: StartAgent
+) -> None:
+    await start_agent()
+    status, body = await coordinator.api.post(
+        "/jobs",
+        {
+            "name": "routed-secret",
+            "tags": [],
+            "environment": {"API_TOKEN": SECRET, "PLAIN": "visible"},
+            "masked": ["API_TOKEN"],
+            "steps": [{"name": "env", "run": CHECK}],
+        },
+    )
+    assert status == 201, body
+    job_id = body["job_id"]
+
+    async def finished() -> dict[str, object] | None:
+        _, job = await coordinator.api.get(f"/jobs/{job_id}")
+        return job if job.get("status") in {"completed", "failed", "cancelled"} else None
+
+    done = await wait_for(finished, timeout=30)
+    assert done["status"] == "completed", done  # the agent got the real value
+    stored = _database_bytes(coordinator)
+    assert b"visible" in stored
+    for form in _forms(SECRET):
+        assert form not in stored, f"{form!r} found in the database files"

@@ -1,0 +1,299 @@
+"""Jobs submitted to the fleet (``POST /api/jobs``): the held pool and each routed job's assignment.
+
+A routed job has one row in ``fleet_jobs`` from its submission on: its tags, its runner type, and the runner it
+is assigned to (``NULL`` while it is held). While held it exists only here; once assigned it also has its row in
+``jobs`` under that runner, which from then on carries its status like any runner-addressed job's. Going back to
+the pool deletes that ``jobs`` row again, in the same transaction and only while no agent has taken the job
+(``delivered = 0``), so an accepted job never moves.
+
+The queries behind ``GET /api/jobs`` read both tables: every ``jobs`` row (routed or not) plus the held ones.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass, field
+from typing import Any
+
+from coordinator.sealing import Sealer
+from coordinator.store.base import JobRecord, QueueState, StatusChange
+from shared.models import JobSubmission
+from shared.sqlite import Database
+
+MIGRATION = """
+CREATE TABLE fleet_jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    tags TEXT NOT NULL,
+    tag_set TEXT NOT NULL,
+    type TEXT,
+    runner_id TEXT,
+    status TEXT NOT NULL,
+    reason TEXT,
+    created_at REAL NOT NULL,
+    assigned_at REAL,
+    completed_at REAL
+);
+CREATE INDEX fleet_jobs_held ON fleet_jobs(seq) WHERE runner_id IS NULL AND status = 'queued';
+CREATE INDEX fleet_jobs_runner ON fleet_jobs(runner_id)
+"""
+
+_JOB_COLUMNS = "id, name, status, runner_id, created_at, started_at, completed_at, exit_code, tags, type"
+_ALL_JOBS = f"""
+SELECT {_JOB_COLUMNS} FROM (
+    SELECT j.id, j.name, j.status, j.runner_id, j.created_at, j.started_at, j.completed_at, j.exit_code,
+           COALESCE(f.tags, '[]') AS tags, f.type AS type
+    FROM jobs j LEFT JOIN fleet_jobs f ON f.id = j.id
+    UNION ALL
+    SELECT id, name, status, NULL, created_at, NULL, completed_at, NULL, tags, type
+    FROM fleet_jobs WHERE runner_id IS NULL
+)
+"""
+
+
+def tag_set(tags: list[str]) -> str:
+    """The canonical name of a set of tags (sorted, comma-separated; ``""`` for none)."""
+    return ",".join(sorted(set(tags)))
+
+
+@dataclass
+class FleetJob:
+    """A routed job as the pool knows it."""
+
+    id: str
+    spec: JobSubmission
+    tags: list[str]
+    type: str | None
+    created_at: float
+    status: str = "queued"
+    runner_id: str | None = None
+    reason: str | None = None
+    completed_at: float | None = None
+    assigned_at: float | None = None
+    seq: int = 0
+
+    @property
+    def tag_set(self) -> str:
+        return tag_set(self.tags)
+
+
+@dataclass
+class JobRow:
+    """One job of ``GET /api/jobs``: routed or runner-addressed, held or assigned."""
+
+    id: str
+    name: str
+    status: str
+    runner_id: str | None
+    created_at: float
+    started_at: float | None
+    completed_at: float | None
+    exit_code: int | None
+    tags: list[str] = field(default_factory=list)
+    type: str | None = None
+
+
+@dataclass
+class JobQuery:
+    status: str | None = None
+    runner_id: str | None = None
+    tags: list[str] = field(default_factory=list)
+
+
+def _fleet_job(row: sqlite3.Row, sealer: Sealer | None) -> FleetJob:
+    spec = sealer.unseal(row["spec"], row["id"]) if sealer else JobSubmission.model_validate_json(row["spec"])
+    return FleetJob(
+        id=row["id"],
+        spec=spec,
+        tags=json.loads(row["tags"]),
+        type=row["type"],
+        created_at=row["created_at"],
+        status=row["status"],
+        runner_id=row["runner_id"],
+        reason=row["reason"],
+        completed_at=row["completed_at"],
+        assigned_at=row["assigned_at"],
+        seq=row["seq"],
+    )
+
+
+def _job_row(row: sqlite3.Row) -> JobRow:
+    return JobRow(
+        id=row["id"],
+        name=row["name"],
+        status=row["status"],
+        runner_id=row["runner_id"],
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        completed_at=row["completed_at"],
+        exit_code=row["exit_code"],
+        tags=json.loads(row["tags"]),
+        type=row["type"],
+    )
+
+
+class FleetStore:
+    def __init__(self, db: Database, sealer: Sealer | None = None) -> None:
+        self.db = db
+        self._sealer = sealer
+        """Encrypts masked values in stored specs, as the job index does (see ``coordinator.sealing``)."""
+
+    def _spec_text(self, spec: JobSubmission) -> str:
+        return self._sealer.seal(spec) if self._sealer else spec.model_dump_json()
+
+    async def insert(self, job: FleetJob) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO fleet_jobs (id, name, spec, tags, tag_set, type, status, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, 'queued', ?)",
+                (
+                    job.id,
+                    job.spec.name,
+                    self._spec_text(job.spec),
+                    json.dumps(sorted(set(job.tags))),
+                    job.tag_set,
+                    job.type,
+                    job.created_at,
+                ),
+            )
+
+        await self.db.run(op)
+
+    async def get(self, job_id: str) -> FleetJob | None:
+        def op(conn: sqlite3.Connection) -> FleetJob | None:
+            row = conn.execute("SELECT * FROM fleet_jobs WHERE id = ?", (job_id,)).fetchone()
+            return _fleet_job(row, self._sealer) if row else None
+
+        return await self.db.read(op)
+
+    async def held(self, limit: int, after: int = 0) -> list[FleetJob]:
+        """Held jobs, oldest first, from just after the one numbered ``after``."""
+
+        def op(conn: sqlite3.Connection) -> list[FleetJob]:
+            rows = conn.execute(
+                "SELECT * FROM fleet_jobs WHERE runner_id IS NULL AND status = 'queued' AND seq > ?"
+                " ORDER BY seq LIMIT ?",
+                (after, limit),
+            ).fetchall()
+            return [_fleet_job(r, self._sealer) for r in rows]
+
+        return await self.db.read(op)
+
+    async def held_by_tag_set(self) -> dict[str, int]:
+        def op(conn: sqlite3.Connection) -> dict[str, int]:
+            rows = conn.execute(
+                "SELECT tag_set, COUNT(*) AS n FROM fleet_jobs WHERE runner_id IS NULL AND status = 'queued'"
+                " GROUP BY tag_set"
+            ).fetchall()
+            return {str(r["tag_set"]): int(r["n"]) for r in rows}
+
+        return await self.db.read(op)
+
+    async def open_counts(self) -> dict[str, int]:
+        """Queued and running jobs by runner (what takes a runner's slots)."""
+
+        def op(conn: sqlite3.Connection) -> dict[str, int]:
+            rows = conn.execute(
+                "SELECT runner_id, COUNT(*) AS n FROM jobs WHERE status IN ('queued', 'running') GROUP BY runner_id"
+            ).fetchall()
+            return {str(r["runner_id"]): int(r["n"]) for r in rows}
+
+        return await self.db.read(op)
+
+    async def assign(self, job: FleetJob, runner_id: str, now: float) -> tuple[JobRecord, QueueState] | None:
+        """Give a held job to ``runner_id``: its ``jobs`` row is written; ``None`` if it is no longer held. Also
+        returns what was queued and running on the runner just before it (for its start-time estimate)."""
+
+        def op(conn: sqlite3.Connection) -> tuple[JobRecord, QueueState] | None:
+            taken = conn.execute(
+                "UPDATE fleet_jobs SET runner_id = ?, assigned_at = ? WHERE id = ? AND runner_id IS NULL"
+                " AND status = 'queued'",
+                (runner_id, now, job.id),
+            ).rowcount
+            if not taken:
+                return None
+            ahead = conn.execute(
+                "SELECT COUNT(*) FROM jobs WHERE runner_id = ? AND status = 'queued'", (runner_id,)
+            ).fetchone()[0]
+            running = conn.execute(
+                "SELECT COALESCE(started_at, created_at) FROM jobs WHERE runner_id = ? AND status = 'running'",
+                (runner_id,),
+            ).fetchall()
+            conn.execute(
+                "INSERT INTO jobs (id, runner_id, name, spec, status, created_at) VALUES (?, ?, ?, ?, 'queued', ?)",
+                (job.id, runner_id, job.spec.name, self._spec_text(job.spec), job.created_at),
+            )
+            record = JobRecord(
+                id=job.id, runner_id=runner_id, spec=job.spec, status="queued", created_at=job.created_at
+            )
+            return record, QueueState(int(ahead), [float(r[0]) for r in running])
+
+        return await self.db.run(op)
+
+    async def release(self, runner_id: str) -> list[str]:
+        """Put the runner's routed jobs that no agent has taken back in the pool; returns their ids."""
+
+        def op(conn: sqlite3.Connection) -> list[str]:
+            rows = conn.execute(
+                "SELECT j.id FROM jobs j JOIN fleet_jobs f ON f.id = j.id"
+                " WHERE f.runner_id = ? AND j.runner_id = ? AND j.delivered = 0 AND j.status = 'queued'",
+                (runner_id, runner_id),
+            ).fetchall()
+            released = [str(r["id"]) for r in rows]
+            for job_id in released:
+                conn.execute("DELETE FROM jobs WHERE id = ? AND delivered = 0 AND status = 'queued'", (job_id,))
+                conn.execute("UPDATE fleet_jobs SET runner_id = NULL, assigned_at = NULL WHERE id = ?", (job_id,))
+            return released
+
+        return await self.db.run(op)
+
+    async def forget_runner(self, runner_id: str) -> int:
+        """A deleted runner's routed jobs go with it, as its runner-addressed ones do (its open jobs were
+        cancelled before it could be deleted)."""
+
+        def op(conn: sqlite3.Connection) -> int:
+            return conn.execute(
+                "DELETE FROM fleet_jobs WHERE runner_id = ? AND id NOT IN (SELECT id FROM jobs WHERE runner_id = ?)",
+                (runner_id, runner_id),
+            ).rowcount
+
+        return await self.db.run(op)
+
+    async def cancel_held(self, job_id: str, reason: str, now: float) -> StatusChange | None:
+        def op(conn: sqlite3.Connection) -> StatusChange | None:
+            done = conn.execute(
+                "UPDATE fleet_jobs SET status = 'cancelled', reason = ?, completed_at = ?"
+                " WHERE id = ? AND runner_id IS NULL AND status = 'queued'",
+                (reason, now, job_id),
+            ).rowcount
+            return StatusChange("job", job_id, "", "queued", "cancelled", now) if done else None
+
+        return await self.db.run(op)
+
+    async def list(self, query: JobQuery, limit: int, offset: int) -> tuple[list[JobRow], int]:
+        where: list[str] = []
+        params: list[Any] = []
+        if query.status:
+            where.append("status = ?")
+            params.append(query.status)
+        if query.runner_id:
+            where.append("runner_id = ?")
+            params.append(query.runner_id)
+        wanted = sorted(set(query.tags))
+        if wanted:
+            marks = ", ".join("?" for _ in wanted)
+            where.append(f"(SELECT COUNT(DISTINCT value) FROM json_each(tags) WHERE value IN ({marks})) = ?")
+            params.extend([*wanted, len(wanted)])
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+
+        def op(conn: sqlite3.Connection) -> tuple[list[JobRow], int]:
+            total = conn.execute(f"SELECT COUNT(*) FROM ({_ALL_JOBS} {clause})", params).fetchone()[0]
+            rows = conn.execute(
+                f"{_ALL_JOBS} {clause} ORDER BY created_at DESC, id LIMIT ? OFFSET ?", [*params, limit, offset]
+            ).fetchall()
+            return [_job_row(r) for r in rows], int(total)
+
+        return await self.db.read(op)
