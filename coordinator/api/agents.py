@@ -129,15 +129,17 @@ async def channel(request: web.Request) -> web.WebSocketResponse:
     bound = log.bind(runner_id=runner.id)
     link = AgentLink(runner.id, ws)
     try:
-        if not await _greet(app, runner, ws):
-            return ws
-        old = app[keys.AGENTS].attach(link)
-        if old is not None:
-            await old.ws.close(message=b"replaced by a newer connection of the runner's agent")
-        bound.info("agent connected", host=runner.host)
-        app[keys.DISPATCHER].kick(runner.id)  # deliver what was held while it was away
-        app[keys.ROUTER].wake()  # it may qualify for jobs held for the fleet
-        await _serve(app, runner.id, ws, link)
+        # A write to an agent that went away mid-answer ends the channel like its close does, not as an error.
+        with contextlib.suppress(ConnectionError):
+            if not await _greet(app, runner, ws):
+                return ws
+            old = app[keys.AGENTS].attach(link)
+            if old is not None:
+                await old.ws.close(message=b"replaced by a newer connection of the runner's agent")
+            bound.info("agent connected", host=runner.host)
+            app[keys.DISPATCHER].kick(runner.id)  # deliver what was held while it was away
+            app[keys.ROUTER].wake()  # it may qualify for jobs held for the fleet
+            await _serve(app, runner.id, ws, link)
     finally:
         app[keys.AGENTS].detach(link)
         if not ws.closed:
