@@ -296,7 +296,8 @@ def agent_config_file(path: Path, **settings: Any) -> Path:
 
 async def wait_process_runner(api: Api, proc: DaemonProcess, timeout: float = 20.0) -> str:
     """The runner id of an ``agent_process`` once that process is fully up: it has sent a heartbeat since it was
-    started (registration alone does not mean the queue and the saved configuration are loaded)."""
+    started (registration alone does not mean the queue and the saved configuration are loaded) and its channel
+    answers calls."""
     started = time.time()
     identity = Path(proc.env["RUSTCI_STATE_DIR"]) / "identity.json"
 
@@ -310,9 +311,13 @@ async def wait_process_runner(api: Api, proc: DaemonProcess, timeout: float = 20
         if status != 200 or body["status"] != "active":
             return None
         seen = body["metadata"]["last_seen"]
-        return runner_id if _epoch(seen) > started else None
+        if _epoch(seen) <= started:
+            return None
+        # Its channel is attached: a call that needs the agent itself is answered.
+        status, _ = await api.get(f"/runners/{runner_id}/config")
+        return runner_id if status == 200 else None
 
-    return await wait_for(probe, timeout, what=f"agent process {proc.pid} to register and send a heartbeat")
+    return await wait_for(probe, timeout, what=f"agent process {proc.pid} to register, connect and send a heartbeat")
 
 
 def _epoch(text: str) -> float:

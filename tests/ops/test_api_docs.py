@@ -12,6 +12,7 @@ BODIES = (
     models.RunnerUpdate,
     models.Resources,
     models.JobSubmission,
+    models.FleetJobSubmission,
     models.StepSpec,
     models.RunnerConfigUpdate,
     models.ResourceLimits,

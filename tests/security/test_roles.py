@@ -270,23 +270,24 @@ async def _raw_request(port: int, head: bytes) -> bytes:
         b"Authorization: Bearer eyJ\xc3\xa9.e30.\xff",
     ],
 )
-async def test_a_non_ascii_credential_is_a_401_on_both_daemons(
+async def test_a_non_ascii_credential_is_a_401_and_the_agent_takes_none(
     coordinator: CoordinatorHandle, start_agent: StartAgent, header: bytes
 ) -> None:
     agent = await start_agent()
-    answer = await _raw_request(
-        coordinator.port, b"GET /api/runners HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + header + b"\r\n\r\n"
-    )
-    assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
-    assert b'"AUTHENTICATION_REQUIRED"' in answer and b"Traceback" not in answer
     identity = agent.identity()
-    path = f"/api/runners/{identity.runner_id}/config".encode()
-    agent_header = header if header.startswith(b"Authorization") else b"Authorization: Bearer \xc3\xa9"
+    # The public API and the agents' channel route both compare credentials as bytes.
+    for path in (b"/api/runners", f"/api/runners/{identity.runner_id}/channel".encode()):
+        answer = await _raw_request(
+            coordinator.port, b"GET " + path + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + header + b"\r\n\r\n"
+        )
+        assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
+        assert b'"AUTHENTICATION_REQUIRED"' in answer and b"Traceback" not in answer
+    # The agent serves no authenticated route (the coordinator reaches it over its channel): the same bytes on
+    # its health probe are ignored, not a crash.
     answer = await _raw_request(
-        agent.port, b"GET " + path + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + agent_header + b"\r\n\r\n"
+        agent.port, b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + header + b"\r\n\r\n"
     )
-    assert answer.split(b" ")[1] in (b"401", b"403"), answer[:200]
-    assert b'"success": false' in answer or b'"success":false' in answer, answer[:300]
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
 
 
 __all__ = ["Api"]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.daemon import Agent
 from coordinator import sealing
 from shared.models import JobSubmission
 from tests.conftest import CoordinatorHandle, StartAgent
@@ -25,6 +26,15 @@ def _database_bytes(coordinator: CoordinatorHandle) -> bytes:
     files = [path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")]
     assert files[0].exists() and files[1].exists()
     return b"".join(f.read_bytes() for f in files if f.exists())
+
+
+async def _reconnected(agent: Agent) -> None:
+    """The agent's channel is back after a coordinator restart (calls to the runner need it)."""
+
+    async def connected() -> bool:
+        return agent.channel.connected.is_set()
+
+    await wait_for(connected, timeout=20, what="the agent's channel to reopen")
 
 
 def _forms(value: str) -> list[bytes]:
@@ -86,6 +96,7 @@ async def test_a_held_job_gets_its_secret_after_a_coordinator_restart(
     )
     await coordinator.restart()
     assert SECRET.encode() not in _database_bytes(coordinator)
+    await _reconnected(agent)
     status, body = await coordinator.api.post(f"/runners/{runner_id}/start")
     assert status == 200, body
     done = await coordinator.api.wait_job(runner_id, job_id, {"completed", "failed", "cancelled"})
@@ -118,6 +129,7 @@ async def test_a_held_job_whose_key_was_replaced_is_cancelled_not_sent(
     await coordinator.stop()
     (coordinator.config.state_dir / sealing.KEY_FILE).unlink()  # lost: a new key is made at start
     await coordinator.start()
+    await _reconnected(agent)
     assert (await coordinator.api.post(f"/runners/{runner_id}/start"))[0] == 200
     done = await coordinator.api.wait_job(runner_id, job_id, {"completed", "failed", "cancelled"})
     assert done["status"] == "cancelled" and "cannot be decrypted" in done["reason"], done
