@@ -27,6 +27,9 @@ class RunnerRecord:
     load: CurrentLoad = field(default_factory=CurrentLoad)
     last_heartbeat: float | None = None
     updated_at: float | None = None
+    wire: str | None = field(default=None, compare=False, repr=False)
+    """The record as the API shows it, serialised once (``coordinator.api.views.runner_json``); a record is
+    never changed in place (a write makes a new one), so this stays true."""
 
 
 @dataclass

@@ -41,6 +41,9 @@ HOUR = 3600
 MAX_CLOCK_SKEW = 300.0
 """Samples stamped further than this in the future are refused (an agent with a wrong clock)."""
 TERMINAL = "('completed', 'failed', 'timed_out', 'cancelled')"
+UPTIME_CACHE_TTL = 60.0
+"""Seconds an uptime figure is served from memory: it counts 5-minute slots, and new samples drop it."""
+UPTIME_CACHE_SIZE = 20_000
 SERIES = ("cpu_usage", "memory_usage", "disk_usage", "active_jobs")
 
 MIGRATION = """
@@ -280,6 +283,9 @@ class MetricsStore:
     def __init__(self, db: Database, retention: Retention | None = None) -> None:
         self.db = db
         self.retention = retention or Retention()
+        # Uptime per runner, read on every ``GET /runners/{id}``: kept for UPTIME_CACHE_TTL seconds (it counts
+        # 5-minute slots) and dropped when the runner's samples arrive.
+        self._uptime: dict[str, tuple[float, float]] = {}
 
     # --- samples -------------------------------------------------------------------------------------------
 
@@ -311,7 +317,9 @@ class MetricsStore:
             )
             return conn.total_changes - before
 
-        return await self.db.run(op)
+        added = await self.db.run(op)
+        self._uptime.pop(runner_id, None)
+        return added
 
     # --- queries -------------------------------------------------------------------------------------------
 
@@ -322,8 +330,15 @@ class MetricsStore:
 
     async def uptime_percentage(self, runner_id: str, registered_at: float, now: float) -> float:
         """Share of the retention window (or the time since registration, if shorter) with samples."""
+        cached = self._uptime.get(runner_id)
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
         start = max(registered_at, now - self.retention.total)
-        return await self.db.read(partial(_uptime, runner_id=runner_id, start=start, now=now))
+        value = await self.db.read(partial(_uptime, runner_id=runner_id, start=start, now=now))
+        if len(self._uptime) > UPTIME_CACHE_SIZE:
+            self._uptime.clear()
+        self._uptime[runner_id] = (time.monotonic() + UPTIME_CACHE_TTL, value)
+        return value
 
     # --- compaction ----------------------------------------------------------------------------------------
 

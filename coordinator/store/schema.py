@@ -88,6 +88,11 @@ MIGRATIONS: list[str] = [
     """,
     # 3: metric history: raw load samples and their rollups (see coordinator/store/metrics.py)
     metrics_schema.MIGRATION,
+    # 4: runner list pages in registration order per filter, read from the index alone
+    """
+    CREATE INDEX runners_status_seq ON runners(status, type, seq);
+    CREATE INDEX runners_type_seq ON runners(type, seq)
+    """,
 ]
 
 LEVELS = {"debug": 10, "info": 20, "warn": 30, "error": 40}

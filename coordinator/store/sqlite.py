@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,13 @@ from coordinator.store.schema import MIGRATIONS
 from shared.models import AgentEvent, CurrentLoad, JobSubmission
 from shared.sqlite import Database
 
-RUNNER_CACHE_TTL = 2.0
-RUNNER_CACHE_SIZE = 10_000
+RUNNER_CACHE_TTL = 60.0
+"""How long a cached runner record, filter membership or statistics may be served. Every write this process
+makes replaces or drops what it changes at once; the TTL only bounds what another process writing the same
+database could change unseen. Long enough that a fleet's records stay cached between their heartbeats."""
+RUNNER_CACHE_SIZE = 20_000
+MEMBERSHIP_CACHE_SIZE = 256
+"""Distinct runner filters whose matching ids are kept (a new one past this clears them all)."""
 
 
 def _runner(row: sqlite3.Row) -> RunnerRecord:
@@ -47,6 +53,23 @@ def _runner(row: sqlite3.Row) -> RunnerRecord:
         resources=json.loads(row["resources"]),
         load=CurrentLoad.model_validate_json(row["load"]),
         updated_at=row["updated_at"],
+    )
+
+
+def _statistics(conn: sqlite3.Connection, runner_id: str) -> Statistics:
+    row = conn.execute(
+        "SELECT COUNT(*) AS total,"
+        " SUM(status = 'completed') AS ok,"
+        " SUM(status IN ('failed', 'timed_out')) AS bad,"
+        " AVG(CASE WHEN started_at IS NOT NULL THEN completed_at - started_at END) AS avg_time"
+        " FROM jobs WHERE runner_id = ? AND status IN ('completed', 'failed', 'timed_out', 'cancelled')",
+        (runner_id,),
+    ).fetchone()
+    return Statistics(
+        total_jobs_executed=int(row["total"] or 0),
+        successful_jobs=int(row["ok"] or 0),
+        failed_jobs=int(row["bad"] or 0),
+        average_execution_time=round(float(row["avg_time"] or 0.0), 3),
     )
 
 
@@ -89,6 +112,13 @@ class SqliteStore:
         # sharing a replicated database could change unseen.
         self._runners: dict[str, tuple[float, RunnerRecord]] = {}
         self._generation = 0
+        # The ids (in registration order) matching each runner filter, for list pages and their total_count;
+        # dropped whenever a runner joins, leaves, or changes status, type or tags (``_membership`` counts that).
+        self._members: dict[tuple[Any, ...], tuple[float, list[str]]] = {}
+        self._membership = 0
+        # Job statistics per runner, dropped when one of its jobs changes status.
+        self._statistics: dict[str, tuple[float, Statistics]] = {}
+        self._job_changes = 0
 
     async def open(self) -> None:
         await self.db.open()
@@ -124,6 +154,7 @@ class SqliteStore:
             )
 
         await self.db.run(op)
+        self._forget(runner.id, membership=True)
 
     async def get_runner(self, runner_id: str) -> RunnerRecord | None:
         cached = self._runners.get(runner_id)
@@ -138,15 +169,27 @@ class SqliteStore:
         runner = await self.db.read(op)
         # Cache only if no runner was written while the read was in flight (it could predate that write).
         if runner is not None and generation == self._generation:
-            if len(self._runners) > RUNNER_CACHE_SIZE:
-                self._runners.clear()
-            self._runners[runner_id] = (time.monotonic() + RUNNER_CACHE_TTL, runner)
+            self._cache(runner)
         return runner
 
-    def _forget(self, *runner_ids: str) -> None:
+    def _cache(self, runner: RunnerRecord) -> None:
+        if len(self._runners) > RUNNER_CACHE_SIZE:
+            self._runners.clear()
+        self._runners[runner.id] = (time.monotonic() + RUNNER_CACHE_TTL, runner)
+
+    def _forget(self, *runner_ids: str, membership: bool = False) -> None:
+        """Drop cached records after a write; ``membership``: the write may change which filters they match."""
         self._generation += 1
         for runner_id in runner_ids:
             self._runners.pop(runner_id, None)
+        if membership:
+            self._membership += 1
+            self._members.clear()
+
+    def _forget_statistics(self, runner_ids: Iterable[str]) -> None:
+        self._job_changes += 1
+        for runner_id in runner_ids:
+            self._statistics.pop(runner_id, None)
 
     async def token_owner(self, token: str) -> str | None:
         """The id of the runner ``token`` belongs to, if any."""
@@ -160,6 +203,45 @@ class SqliteStore:
     async def list_runners(
         self, filters: RunnerFilter, limit: int | None, offset: int
     ) -> tuple[list[RunnerRecord], int]:
+        """A page in registration order and the count of all matches. The ids matching each filter are kept in
+        memory (read from an index, dropped on any change of membership or after ``RUNNER_CACHE_TTL``), so a
+        page costs the same at any offset and ``total_count`` needs no scan; the page's records come from the
+        record cache, the missing ones in one indexed query."""
+        ids = await self._matching(filters)
+        page = ids[offset:] if limit is None else ids[offset : offset + limit]
+        now = time.monotonic()
+        found: dict[str, RunnerRecord] = {}
+        missing: list[str] = []
+        for runner_id in page:
+            cached = self._runners.get(runner_id)
+            if cached is not None and cached[0] > now:
+                found[runner_id] = cached[1]
+            else:
+                missing.append(runner_id)
+        if missing:
+            generation = self._generation
+
+            def op(conn: sqlite3.Connection) -> list[RunnerRecord]:
+                records: list[RunnerRecord] = []
+                for start in range(0, len(missing), 500):  # bound the statement's parameters
+                    chunk = missing[start : start + 500]
+                    marks = ", ".join("?" for _ in chunk)
+                    rows = conn.execute(f"SELECT * FROM runners WHERE id IN ({marks})", chunk).fetchall()
+                    records.extend(_runner(r) for r in rows)
+                return records
+
+            for record in await self.db.read(op):
+                found[record.id] = record
+                if generation == self._generation:
+                    self._cache(record)
+        return [found[i] for i in page if i in found], len(ids)
+
+    async def _matching(self, filters: RunnerFilter) -> list[str]:
+        wanted = sorted(set(filters.tags))
+        key = (filters.status, filters.type, tuple(wanted))
+        cached = self._members.get(key)
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
         where: list[str] = []
         params: list[Any] = []
         if filters.status:
@@ -168,22 +250,22 @@ class SqliteStore:
         if filters.type:
             where.append("type = ?")
             params.append(filters.type)
-        wanted = sorted(set(filters.tags))
         if wanted:
             marks = ", ".join("?" for _ in wanted)
             where.append(f"(SELECT COUNT(DISTINCT value) FROM json_each(runners.tags) WHERE value IN ({marks})) = ?")
             params.extend([*wanted, len(wanted)])
         clause = f"WHERE {' AND '.join(where)}" if where else ""
+        generation = self._membership
 
-        def op(conn: sqlite3.Connection) -> tuple[list[RunnerRecord], int]:
-            total = conn.execute(f"SELECT COUNT(*) FROM runners {clause}", params).fetchone()[0]
-            rows = conn.execute(
-                f"SELECT * FROM runners {clause} ORDER BY seq LIMIT ? OFFSET ?",
-                [*params, -1 if limit is None else limit, offset],
-            ).fetchall()
-            return [_runner(r) for r in rows], int(total)
+        def op(conn: sqlite3.Connection) -> list[str]:
+            return [r[0] for r in conn.execute(f"SELECT id FROM runners {clause} ORDER BY seq", params)]
 
-        return await self.db.read(op)
+        ids = await self.db.read(op)
+        if generation == self._membership:
+            if len(self._members) > MEMBERSHIP_CACHE_SIZE:
+                self._members.clear()
+            self._members[key] = (time.monotonic() + RUNNER_CACHE_TTL, ids)
+        return ids
 
     async def update_runner(self, runner_id: str, changes: dict[str, Any], now: float) -> RunnerRecord | None:
         unknown = set(changes) - set(_RUNNER_COLUMNS)
@@ -199,7 +281,8 @@ class SqliteStore:
             return _runner(row) if row else None
 
         result = await self.db.run(op)
-        self._forget(runner_id)  # after the write: see get_runner
+        # after the write: see get_runner
+        self._forget(runner_id, membership=bool({"status", "tags"} & set(changes)))
         return result
 
     async def delete_runner(self, runner_id: str) -> bool:
@@ -207,7 +290,8 @@ class SqliteStore:
             return conn.execute("DELETE FROM runners WHERE id = ?", (runner_id,)).rowcount > 0
 
         result = await self.db.run(op)
-        self._forget(runner_id)  # after the write: see get_runner
+        self._forget(runner_id, membership=True)  # after the write: see get_runner
+        self._forget_statistics([runner_id])
         return result
 
     async def record_heartbeat(
@@ -241,27 +325,20 @@ class SqliteStore:
             return changes
 
         changes = await self.db.run(op)
-        self._forget(*(change.runner_id for change in changes))
+        self._forget(*(change.runner_id for change in changes), membership=bool(changes))
         return changes
 
     async def statistics(self, runner_id: str) -> Statistics:
-        def op(conn: sqlite3.Connection) -> Statistics:
-            row = conn.execute(
-                "SELECT COUNT(*) AS total,"
-                " SUM(status = 'completed') AS ok,"
-                " SUM(status IN ('failed', 'timed_out')) AS bad,"
-                " AVG(CASE WHEN started_at IS NOT NULL THEN completed_at - started_at END) AS avg_time"
-                " FROM jobs WHERE runner_id = ? AND status IN ('completed', 'failed', 'timed_out', 'cancelled')",
-                (runner_id,),
-            ).fetchone()
-            return Statistics(
-                total_jobs_executed=int(row["total"] or 0),
-                successful_jobs=int(row["ok"] or 0),
-                failed_jobs=int(row["bad"] or 0),
-                average_execution_time=round(float(row["avg_time"] or 0.0), 3),
-            )
-
-        return await self.db.read(op)
+        cached = self._statistics.get(runner_id)
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
+        generation = self._job_changes
+        statistics = await self.db.read(partial(_statistics, runner_id=runner_id))
+        if generation == self._job_changes:
+            if len(self._statistics) > RUNNER_CACHE_SIZE:
+                self._statistics.clear()
+            self._statistics[runner_id] = (time.monotonic() + RUNNER_CACHE_TTL, statistics)
+        return statistics
 
     # --- jobs ----------------------------------------------------------------------------------------------
 
@@ -362,7 +439,9 @@ class SqliteStore:
             )
             return [StatusChange("job", r["id"], runner_id, r["status"], "cancelled", now) for r in rows]
 
-        return await self.db.run(op)
+        changes = await self.db.run(op)
+        self._forget_statistics([runner_id])
+        return changes
 
     async def cancel_held_job(self, job_id: str, reason: str, now: float) -> StatusChange | None:
         """Cancel a job the coordinator still holds (not yet delivered); ``None`` if an agent has it."""
@@ -378,10 +457,16 @@ class SqliteStore:
             )
             return StatusChange("job", job_id, row["runner_id"], "queued", "cancelled", now)
 
-        return await self.db.run(op)
+        change = await self.db.run(op)
+        if change is not None:
+            self._forget_statistics([change.runner_id])
+        return change
 
     # --- agent events --------------------------------------------------------------------------------------
 
     async def apply_events(self, runner_id: str, batch: list[AgentEvent]) -> tuple[int, list[StatusChange]] | None:
         """Exactly once and in order: see ``coordinator.store.events``."""
-        return await self.db.run(lambda conn: events.apply(conn, runner_id, batch))
+        applied = await self.db.run(lambda conn: events.apply(conn, runner_id, batch))
+        if applied is not None and applied[1]:
+            self._forget_statistics([runner_id])
+        return applied
