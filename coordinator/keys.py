@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     from coordinator.config import CoordinatorConfig
     from coordinator.dispatch import Dispatcher
     from coordinator.estimate import Estimator
+    from coordinator.heartbeats import Heartbeats
     from coordinator.hub import Hub
     from coordinator.metrics import CoordinatorMetrics
     from coordinator.proxy import AgentClient
@@ -30,6 +31,7 @@ HUB: web.AppKey[Hub] = web.AppKey("hub")
 LOG_FEED: web.AppKey[LogFeed] = web.AppKey("log_feed")
 PROMETHEUS: web.AppKey[CoordinatorMetrics] = web.AppKey("prometheus")
 METRICS_STORE: web.AppKey[MetricsStore] = web.AppKey("metrics_store")
+HEARTBEATS: web.AppKey[Heartbeats] = web.AppKey("heartbeats")
 
 RATE_LIMITER: web.AppKey[RateLimiter] = web.AppKey("rate_limiter")
 PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal")

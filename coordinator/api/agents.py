@@ -31,11 +31,10 @@ async def heartbeat(request: web.Request) -> web.Response:
     beat = await parse_body(request, Heartbeat)
     status = _STATE_TO_STATUS[beat.state]
     now = time.time()
-    change = await request.app[keys.STORE].record_heartbeat(runner_id, beat.load, status, beat.heartbeat_interval, now)
+    heartbeats = request.app[keys.HEARTBEATS]
+    change = await heartbeats.record(runner_id, beat.load, status, beat.heartbeat_interval, beat.samples, now)
     if change is None:
         raise RunnerNotFound(runner_id)
-    if beat.samples:
-        await request.app[keys.METRICS_STORE].add_samples(runner_id, beat.samples, now)
     if change.old_status != change.new_status:
         request.app[keys.HUB].publish(events.status_change(change))
     request.app[keys.DISPATCHER].kick(runner_id)

@@ -292,19 +292,25 @@ class MetricsStore:
     async def add_samples(self, runner_id: str, samples: Sequence[MetricSample], now: float) -> int:
         """Store samples; ones already stored (a resent heartbeat), too old to keep, or from the future are
         skipped. Returns how many were new."""
-        oldest, newest = now - self.retention.total, now + MAX_CLOCK_SKEW
-        rows = [
-            (
-                int(s.at.timestamp() * 1000),
-                _tenths(s.cpu_usage),
-                _tenths(s.memory_usage),
-                _tenths(s.disk_usage),
-                s.active_jobs * SCALE,
-                runner_id,
+        return await self.add_sample_batch([(runner_id, samples, now)])
+
+    async def add_sample_batch(self, batch: Sequence[tuple[str, Sequence[MetricSample], float]]) -> int:
+        """The samples of many heartbeats (runner id, samples, when received) in one transaction."""
+        rows: list[tuple[int, int, int, int, int, str]] = []
+        for runner_id, samples, now in batch:
+            oldest, newest = now - self.retention.total, now + MAX_CLOCK_SKEW
+            rows.extend(
+                (
+                    int(s.at.timestamp() * 1000),
+                    _tenths(s.cpu_usage),
+                    _tenths(s.memory_usage),
+                    _tenths(s.disk_usage),
+                    s.active_jobs * SCALE,
+                    runner_id,
+                )
+                for s in samples
+                if oldest <= s.at.timestamp() <= newest
             )
-            for s in samples
-            if oldest <= s.at.timestamp() <= newest
-        ]
         if not rows:
             return 0
 
@@ -318,7 +324,8 @@ class MetricsStore:
             return conn.total_changes - before
 
         added = await self.db.run(op)
-        self._uptime.pop(runner_id, None)
+        for runner_id, _, _ in batch:
+            self._uptime.pop(runner_id, None)
         return added
 
     # --- queries -------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import json
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,35 @@ def _runner(row: sqlite3.Row) -> RunnerRecord:
         load=CurrentLoad.model_validate_json(row["load"]),
         updated_at=row["updated_at"],
     )
+
+
+@dataclass(frozen=True, slots=True)
+class _Beat:
+    load_json: str
+    load: CurrentLoad
+    interval: float
+    at: float
+
+    def applied(self, runner: RunnerRecord) -> RunnerRecord:
+        return replace(
+            runner,
+            load=self.load,
+            heartbeat_interval=self.interval,
+            last_seen=max(runner.last_seen, self.at),
+            last_heartbeat=self.at,
+            wire=None,
+        )
+
+
+def _write_beats(conn: sqlite3.Connection, beats: dict[str, _Beat]) -> None:
+    """The heartbeat columns of many runners in one statement; ``last_seen`` never moves back (an update
+    through the API may have set it later meanwhile)."""
+    if beats:
+        conn.executemany(
+            "UPDATE runners SET load = ?, heartbeat_interval = ?,"
+            " last_seen = CASE WHEN last_seen > ? THEN last_seen ELSE ? END, last_heartbeat = ? WHERE id = ?",
+            [(b.load_json, b.interval, b.at, b.at, b.at, runner_id) for runner_id, b in beats.items()],
+        )
 
 
 def _statistics(conn: sqlite3.Connection, runner_id: str) -> Statistics:
@@ -119,11 +149,14 @@ class SqliteStore:
         # Job statistics per runner, dropped when one of its jobs changes status.
         self._statistics: dict[str, tuple[float, Statistics]] = {}
         self._job_changes = 0
+        # Heartbeats recorded but not yet written (see record_heartbeat), the latest per runner.
+        self._pending: dict[str, _Beat] = {}
 
     async def open(self) -> None:
         await self.db.open()
 
     async def close(self) -> None:
+        await self.flush_heartbeats()
         await self.db.close()
 
     # --- runners -------------------------------------------------------------------------------------------
@@ -167,6 +200,8 @@ class SqliteStore:
             return _runner(row) if row else None
 
         runner = await self.db.read(op)
+        if runner is not None:
+            runner = self._overlay(runner)
         # Cache only if no runner was written while the read was in flight (it could predate that write).
         if runner is not None and generation == self._generation:
             self._cache(runner)
@@ -231,7 +266,7 @@ class SqliteStore:
                 return records
 
             for record in await self.db.read(op):
-                found[record.id] = record
+                found[record.id] = record = self._overlay(record)
                 if generation == self._generation:
                     self._cache(record)
         return [found[i] for i in page if i in found], len(ids)
@@ -290,11 +325,29 @@ class SqliteStore:
             return conn.execute("DELETE FROM runners WHERE id = ?", (runner_id,)).rowcount > 0
 
         result = await self.db.run(op)
+        self._pending.pop(runner_id, None)
         self._forget(runner_id, membership=True)  # after the write: see get_runner
         self._forget_statistics([runner_id])
         return result
 
     async def record_heartbeat(
+        self, runner_id: str, load: CurrentLoad, status: str, interval: float, now: float
+    ) -> StatusChange | None:
+        """A heartbeat that keeps the runner's status costs no database work here: the cached record is replaced
+        and the row written by the next :meth:`flush_heartbeats` (every read sees it meanwhile). One that changes
+        the status (a runner coming back, or going to ``error``) is written at once, as filters depend on it."""
+        runner = await self.get_runner(runner_id)
+        if runner is None:
+            return None
+        if runner.status != status:
+            return await self._write_heartbeat(runner_id, load, status, interval, now)
+        beat = _Beat(load.model_dump_json(), load, interval, now)
+        self._pending[runner_id] = beat
+        self._generation += 1  # a read in flight predates this heartbeat: it must not be cached
+        self._runners[runner_id] = (time.monotonic() + RUNNER_CACHE_TTL, beat.applied(runner))
+        return StatusChange("runner", runner_id, runner_id, runner.status, status, now)
+
+    async def _write_heartbeat(
         self, runner_id: str, load: CurrentLoad, status: str, interval: float, now: float
     ) -> StatusChange | None:
         def op(conn: sqlite3.Connection) -> StatusChange | None:
@@ -308,12 +361,37 @@ class SqliteStore:
             )
             return StatusChange("runner", runner_id, runner_id, row["status"], status, now)
 
+        self._pending.pop(runner_id, None)  # this write supersedes it
         result = await self.db.run(op)
-        self._forget(runner_id)  # after the write: see get_runner
+        self._forget(runner_id, membership=True)  # after the write: see get_runner
         return result
 
+    @property
+    def pending_heartbeats(self) -> int:
+        return len(self._pending)
+
+    async def flush_heartbeats(self) -> int:
+        """Write the heartbeats recorded since the last flush, in one transaction; returns how many."""
+        if not self._pending:
+            return 0
+        pending, self._pending = self._pending, {}
+        try:
+            await self.db.run(partial(_write_beats, beats=pending))
+        except BaseException:
+            self._pending = {**pending, **self._pending}  # kept for the next flush; newer ones win
+            raise
+        return len(pending)
+
+    def _overlay(self, runner: RunnerRecord) -> RunnerRecord:
+        """A record read from the database, with its heartbeat not yet written."""
+        beat = self._pending.get(runner.id)
+        return beat.applied(runner) if beat is not None else runner
+
     async def mark_stale(self, now: float, multiplier: float) -> list[StatusChange]:
+        pending, self._pending = self._pending, {}
+
         def op(conn: sqlite3.Connection) -> list[StatusChange]:
+            _write_beats(conn, pending)  # liveness judges by every heartbeat received, written or not
             rows = conn.execute(
                 "SELECT id, status FROM runners WHERE status != 'inactive' AND last_seen < ? - heartbeat_interval * ?",
                 (now, multiplier),

@@ -1,4 +1,5 @@
-"""The runner list's in-memory membership and the serialised views stay true to the database after writes."""
+"""Runner reads and heartbeats: in-memory membership, serialised views and deferred heartbeat writes stay true
+to the database."""
 
 from __future__ import annotations
 
@@ -79,3 +80,58 @@ async def test_the_serialised_list_is_the_runner_list_model(tmp_path: Path) -> N
         assert json.loads(runner_json(again[0]))["name"] == "renamed"
     finally:
         await store.close()
+
+
+def _row(store: SqliteStore, runner_id: str) -> tuple[float, str]:
+    import sqlite3
+
+    conn = sqlite3.connect(store.db.path)
+    try:
+        last_seen, load = conn.execute("SELECT last_seen, load FROM runners WHERE id = ?", (runner_id,)).fetchone()
+        return float(last_seen), str(load)
+    finally:
+        conn.close()
+
+
+async def test_heartbeats_are_seen_at_once_written_in_one_batch_and_judged_by_liveness(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "c.db")
+    await store.open()
+    try:
+        for n in range(3):
+            await store.insert_runner(_runner(n))
+        registered = _row(store, "runner-001")[0]
+        later = registered + 50
+        for n in range(3):
+            change = await store.record_heartbeat(f"runner-{n:03d}", CurrentLoad(active_jobs=2), "active", 20.0, later)
+            assert change is not None and change.old_status == change.new_status == "active"
+        assert await store.record_heartbeat("runner-999", CurrentLoad(), "active", 20.0, later) is None
+        # Readers see the heartbeat before it is written...
+        runner = await store.get_runner("runner-001")
+        assert runner is not None and runner.last_seen == later and runner.load.active_jobs == 2
+        page, _ = await store.list_runners(RunnerFilter(), 50, 0)
+        assert json.loads(runner_json(page[1]))["current_load"]["active_jobs"] == 2
+        assert _row(store, "runner-001")[0] == registered
+        # ...and liveness judges by it: 50 s after registration with a 10 s interval, only the new interval
+        # and last_seen (written first, in the same transaction) keep the runners active.
+        assert await store.mark_stale(later + 1, 3.0) == []
+        assert _row(store, "runner-001")[0] == later
+        # The next beats wait for a flush, which writes them all at once.
+        for n in range(3):
+            await store.record_heartbeat(f"runner-{n:03d}", CurrentLoad(cpu_usage=5.0), "active", 20.0, later + 10)
+        assert store.pending_heartbeats == 3
+        assert await store.flush_heartbeats() == 3
+        assert _row(store, "runner-002") == (later + 10, CurrentLoad(cpu_usage=5.0).model_dump_json())
+        # A runner that went quiet comes back with a transition written (and reported) at once.
+        stale = await store.mark_stale(later + 200, 3.0)
+        assert {c.runner_id for c in stale} == {"runner-000", "runner-001", "runner-002"}
+        back = await store.record_heartbeat("runner-000", CurrentLoad(), "active", 20.0, later + 201)
+        assert back is not None and (back.old_status, back.new_status) == ("inactive", "active")
+        assert store.pending_heartbeats == 0 and _row(store, "runner-000")[0] == later + 201
+        active, total = await store.list_runners(RunnerFilter(status="active"), 50, 0)
+        assert total == 1 and active[0].id == "runner-000"
+        # Closing writes what is pending.
+        await store.record_heartbeat("runner-000", CurrentLoad(), "active", 20.0, later + 210)
+    finally:
+        await store.close()
+    reopened = SqliteStore(tmp_path / "c.db")
+    assert _row(reopened, "runner-000")[0] == later + 210
