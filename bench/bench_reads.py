@@ -33,9 +33,11 @@ BARE = """
 import sys
 from aiohttp import web
 async def handler(request):
+    if request.can_read_body:
+        await request.json()
     return web.json_response({"id": request.match_info.get("x", ""), "status": "active", "port": 9000})
 app = web.Application()
-app.router.add_get("/{x:.*}", handler)
+app.router.add_route("*", "/{x:.*}", handler)
 web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
 """
 
@@ -64,16 +66,17 @@ end
 """
 
 
-def seed(database: Path, count: int) -> list[str]:
-    """Insert ``count`` runners (two thirds active, the rest inactive), through the store."""
+def seed(database: Path, count: int, interval: float = 3600.0, all_active: bool = False) -> list[tuple[str, str]]:
+    """Insert ``count`` runners (two thirds active, the rest inactive, unless ``all_active``), through the
+    store; returns their ids and tokens."""
     from coordinator.store.base import RunnerRecord
     from coordinator.store.sqlite import SqliteStore
     from shared import ids
 
-    async def go() -> list[str]:
+    async def go() -> list[tuple[str, str]]:
         store = SqliteStore(database)
         await store.open()
-        made: list[str] = []
+        made: list[tuple[str, str]] = []
         now = time.time()
         try:
             for n in range(count):
@@ -81,20 +84,20 @@ def seed(database: Path, count: int) -> list[str]:
                     id=ids.new_runner_id(),
                     name=f"bench-{n}",
                     type="docker" if n % 4 == 0 else "native",
-                    status="active" if n % 3 else "inactive",
+                    status="active" if all_active or n % 3 else "inactive",
                     host=HOST,
                     port=20000 + n % 40000,
                     token=ids.new_runner_token(),
                     registered_at=now,
                     last_seen=now,
-                    heartbeat_interval=3600.0,
+                    heartbeat_interval=interval,
                     capabilities=["bash", "python"],
                     tags=["bench", f"rack-{n % 16}"],
-                    metadata={"zone": f"z{n % 3}", "heartbeat_interval": 3600},
+                    metadata={"zone": f"z{n % 3}", "heartbeat_interval": interval},
                     resources={"cpu_cores": 4, "memory_mb": 8192},
                 )
                 await store.insert_runner(runner)
-                made.append(runner.id)
+                made.append((runner.id, runner.token))
         finally:
             await store.close()
         return made
@@ -177,7 +180,8 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     bare = start_bare(bare_port)
     try:
         started = time.perf_counter()
-        runner_ids = await asyncio.to_thread(seed, root / "state" / "coordinator.db", args.runners)
+        runners = await asyncio.to_thread(seed, root / "state" / "coordinator.db", args.runners)
+        runner_ids = [runner_id for runner_id, _ in runners]
         seeded = time.perf_counter() - started
         (root / "ids.txt").write_text("\n".join(runner_ids) + "\n")
         random.shuffle(runner_ids)

@@ -154,6 +154,16 @@ class SqliteStore:
 
     async def open(self) -> None:
         await self.db.open()
+        # The registry, read once: a fleet's first heartbeats and reads then cost no row reads each.
+        generation = self._generation
+
+        def op(conn: sqlite3.Connection) -> list[RunnerRecord]:
+            rows = conn.execute("SELECT * FROM runners ORDER BY seq LIMIT ?", (RUNNER_CACHE_SIZE,)).fetchall()
+            return [_runner(r) for r in rows]
+
+        for runner in await self.db.read(op):
+            if generation == self._generation:
+                self._cache(runner)
 
     async def close(self) -> None:
         await self.flush_heartbeats()
