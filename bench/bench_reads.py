@@ -69,9 +69,15 @@ end
 def seed(database: Path, count: int, interval: float = 3600.0, all_active: bool = False) -> list[tuple[str, str]]:
     """Insert ``count`` runners (two thirds active, the rest inactive, unless ``all_active``), through the
     store; returns their ids and tokens."""
+    import logging
+
+    import structlog
+
     from coordinator.store.base import RunnerRecord
     from coordinator.store.sqlite import SqliteStore
     from shared import ids
+
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
 
     async def go() -> list[tuple[str, str]]:
         store = SqliteStore(database)
