@@ -412,7 +412,11 @@ class SqliteStore:
                 changes.append(StatusChange("runner", row["id"], row["id"], row["status"], "inactive", now))
             return changes
 
-        changes = await self.db.run(op)
+        try:
+            changes = await self.db.run(op)
+        except BaseException:
+            self._pending = {**pending, **self._pending}  # kept for the next flush; newer ones win
+            raise
         self._forget(*(change.runner_id for change in changes), membership=bool(changes))
         return changes
 
