@@ -13,6 +13,7 @@ from coordinator.config import CoordinatorConfig
 from coordinator.dashboard.session import SessionTable
 from coordinator.dispatch import Dispatcher
 from coordinator.estimate import Estimator
+from coordinator.heartbeats import Heartbeats
 from coordinator.hub import Hub
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.middlewares import setup_middlewares
@@ -100,8 +101,13 @@ async def _metric_history(app: web.Application) -> AsyncIterator[None]:
     if not isinstance(store, SqliteStore):
         raise TypeError(f"metric history needs the SQLite store, not {type(store).__name__}")
     app[keys.METRICS_STORE] = metrics_store = MetricsStore(store.db, Retention.of(settings))
+    runners = app[keys.CONFIG].runners
+    app[keys.HEARTBEATS] = heartbeats = Heartbeats(
+        store, metrics_store, runners.heartbeat_flush_interval, runners.heartbeat_max_pending
+    )
     tasks = TaskSet("metrics")
     tasks.spawn(metrics_store.compact_forever(settings.compaction_interval), "compaction")
+    tasks.spawn(heartbeats.flush_forever(), "heartbeats")
     yield
     await tasks.close()
 

@@ -116,6 +116,11 @@ class Runners(Settings):
     """A runner is ``inactive`` once no heartbeat came for this many of its heartbeat intervals."""
     liveness_check_interval: float = Field(default=1.0, gt=0, le=60)
     """How often the coordinator looks for runners that went quiet."""
+    heartbeat_flush_interval: float = Field(default=1.0, gt=0, le=10)
+    """Seconds between writes of the heartbeats received meanwhile (one transaction for all runners); reads and
+    the liveness check see a heartbeat at once, a crash may lose this much ``last_seen`` and samples."""
+    heartbeat_max_pending: int = Field(default=5000, ge=1, le=1_000_000)
+    """Heartbeats with samples that, waiting, make the next write come sooner."""
 
 
 class Agents(Settings):

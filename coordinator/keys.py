@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from coordinator.dashboard.session import Session, SessionTable
     from coordinator.dispatch import Dispatcher
     from coordinator.estimate import Estimator
+    from coordinator.heartbeats import Heartbeats
     from coordinator.hub import Hub
     from coordinator.metrics import CoordinatorMetrics
     from coordinator.proxy import AgentClient
@@ -36,6 +37,7 @@ HUB: web.AppKey[Hub] = web.AppKey("hub")
 LOG_FEED: web.AppKey[LogFeed] = web.AppKey("log_feed")
 PROMETHEUS: web.AppKey[CoordinatorMetrics] = web.AppKey("prometheus")
 METRICS_STORE: web.AppKey[MetricsStore] = web.AppKey("metrics_store")
+HEARTBEATS: web.AppKey[Heartbeats] = web.AppKey("heartbeats")
 
 TICKETS: web.AppKey[TicketBook] = web.AppKey("tickets")
 AUDIT: web.AppKey[AuditLog] = web.AppKey("audit")

@@ -48,11 +48,10 @@ _STATE_TO_STATUS = {
 async def record_heartbeat(app: web.Application, runner_id: str, beat: Heartbeat) -> HeartbeatAck:
     status = _STATE_TO_STATUS[beat.state]
     now = time.time()
-    change = await app[keys.STORE].record_heartbeat(runner_id, beat.load, status, beat.heartbeat_interval, now)
+    heartbeats = app[keys.HEARTBEATS]
+    change = await heartbeats.record(runner_id, beat.load, status, beat.heartbeat_interval, beat.samples, now)
     if change is None:
         raise RunnerNotFound(runner_id)
-    if beat.samples:
-        await app[keys.METRICS_STORE].add_samples(runner_id, beat.samples, now)
     if change.old_status != change.new_status:
         app[keys.HUB].publish(events.status_change(change))
     app[keys.DISPATCHER].kick(runner_id)

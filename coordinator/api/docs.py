@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from coordinator import openapi
 from shared.http import json_response
 
 
 async def openapi_document(request: web.Request) -> web.Response:
+    # The generator (and pydantic's JSON-schema machinery) loads on the first request, not at every start.
+    from coordinator import openapi
+
     return json_response(openapi.document())

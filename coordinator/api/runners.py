@@ -10,7 +10,7 @@ from aiohttp import web
 
 from coordinator import audit, keys
 from coordinator.api import events
-from coordinator.api.views import runner_view
+from coordinator.api.views import runner_detail_json, runner_list_json
 from coordinator.store.base import RunnerFilter, RunnerRecord
 from shared import ids
 from shared.errors import InvalidRequest, RunnerBusy, RunnerNotFound
@@ -21,7 +21,6 @@ from shared.models import (
     RUNNER_TYPES,
     Ok,
     RegistrationResponse,
-    RunnerList,
     RunnerRegistration,
     RunnerUpdate,
 )
@@ -85,23 +84,15 @@ async def list_runners(request: web.Request) -> web.Response:
     limit = query_int(request, "limit", 50, 1, MAX_LIST_LIMIT)
     offset = query_int(request, "offset", 0, 0, 10_000_000) or 0
     runners, total = await request.app[keys.STORE].list_runners(filters, limit, offset)
-    body = RunnerList(
-        runners=[runner_view(r) for r in runners],
-        total_count=total,
-        has_more=offset + len(runners) < total,
-    )
-    return json_response(body)
+    body = runner_list_json(runners, total, offset + len(runners) < total)
+    return web.Response(text=body, content_type="application/json")
 
 
 async def get_runner(request: web.Request) -> web.Response:
     runner = await get_runner_or_404(request)
     statistics = await request.app[keys.STORE].statistics(runner.id)
-    view = runner_view(runner, statistics)
-    if view.statistics is not None:
-        view.statistics.uptime_percentage = await request.app[keys.METRICS_STORE].uptime_percentage(
-            runner.id, runner.registered_at, time.time()
-        )
-    return json_response(view)
+    uptime = await request.app[keys.METRICS_STORE].uptime_percentage(runner.id, runner.registered_at, time.time())
+    return web.Response(text=runner_detail_json(runner, statistics, uptime), content_type="application/json")
 
 
 async def update_runner(request: web.Request) -> web.Response:

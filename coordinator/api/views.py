@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from coordinator.store.base import JobRecord, RunnerRecord, Statistics
-from shared.models import JobDetail, JobSummary, RunnerStatistics, RunnerView, StepResult
+from shared.models import JobDetail, JobSummary, StepResult
 from shared.timeutil import from_epoch, isoformat
 
 
@@ -17,34 +18,55 @@ def _duration(start: float | None, end: float | None) -> float | None:
     return round(end - start, 3) if start is not None and end is not None else None
 
 
-def runner_view(runner: RunnerRecord, statistics: Statistics | None = None) -> RunnerView:
-    metadata = {
-        **runner.metadata,
-        "registered_at": isoformat(from_epoch(runner.registered_at)),
-        "last_seen": isoformat(from_epoch(runner.last_seen)),
+def runner_json(runner: RunnerRecord) -> str:
+    """``runner_view(runner)`` serialised, built once per record (the record keeps it) without a model: the
+    hot path of the runner list, where validating and dumping 50 models was most of a page's cost."""
+    if runner.wire is None:
+        runner.wire = _dumps(_runner_dict(runner))
+    return runner.wire
+
+
+def runner_detail_json(runner: RunnerRecord, statistics: Statistics, uptime_percentage: float) -> str:
+    """``runner_view(runner, statistics)`` with its uptime, serialised."""
+    view = _runner_dict(runner)
+    view["statistics"] = {
+        "total_jobs_executed": statistics.total_jobs_executed,
+        "successful_jobs": statistics.successful_jobs,
+        "failed_jobs": statistics.failed_jobs,
+        "average_execution_time": statistics.average_execution_time,
+        "uptime_percentage": uptime_percentage,
     }
-    stats = None
-    if statistics is not None:
-        stats = RunnerStatistics(
-            total_jobs_executed=statistics.total_jobs_executed,
-            successful_jobs=statistics.successful_jobs,
-            failed_jobs=statistics.failed_jobs,
-            average_execution_time=statistics.average_execution_time,
-        )
-    return RunnerView(
-        id=runner.id,
-        name=runner.name,
-        type=runner.type,
-        status=runner.status,
-        host=runner.host,
-        port=runner.port,
-        capabilities=runner.capabilities,
-        tags=runner.tags,
-        metadata=metadata,
-        resources=runner.resources,
-        current_load=runner.load,
-        statistics=stats,
-    )
+    return _dumps(view)
+
+
+def runner_list_json(runners: list[RunnerRecord], total_count: int, has_more: bool) -> str:
+    """The ``RunnerList`` body, from each record's serialised view."""
+    body = ",".join(runner_json(r) for r in runners)
+    return f'{{"runners":[{body}],"total_count":{total_count},"has_more":{"true" if has_more else "false"}}}'
+
+
+def _runner_dict(runner: RunnerRecord) -> dict[str, Any]:
+    return {
+        "id": runner.id,
+        "name": runner.name,
+        "type": runner.type,
+        "status": runner.status,
+        "host": runner.host,
+        "port": runner.port,
+        "capabilities": runner.capabilities,
+        "tags": runner.tags,
+        "metadata": {
+            **runner.metadata,
+            "registered_at": isoformat(from_epoch(runner.registered_at)),
+            "last_seen": isoformat(from_epoch(runner.last_seen)),
+        },
+        "resources": runner.resources,
+        "current_load": runner.load.model_dump(),
+        "statistics": None,
+    }
+
+
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 def job_summary(job: JobRecord) -> JobSummary:

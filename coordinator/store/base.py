@@ -27,6 +27,9 @@ class RunnerRecord:
     load: CurrentLoad = field(default_factory=CurrentLoad)
     last_heartbeat: float | None = None
     updated_at: float | None = None
+    wire: str | None = field(default=None, compare=False, repr=False)
+    """The record as the API shows it, serialised once (``coordinator.api.views.runner_json``); a record is
+    never changed in place (a write makes a new one), so this stays true."""
 
 
 @dataclass
@@ -118,6 +121,10 @@ class Store(Protocol):
     async def record_heartbeat(
         self, runner_id: str, load: CurrentLoad, status: str, interval: float, now: float
     ) -> StatusChange | None: ...
+    async def flush_heartbeats(self) -> int:
+        """Write what ``record_heartbeat`` deferred (a store may batch heartbeats); returns how many."""
+        ...
+
     async def mark_stale(self, now: float, multiplier: float) -> list[StatusChange]: ...
     async def statistics(self, runner_id: str) -> Statistics: ...
 

@@ -41,6 +41,9 @@ HOUR = 3600
 MAX_CLOCK_SKEW = 300.0
 """Samples stamped further than this in the future are refused (an agent with a wrong clock)."""
 TERMINAL = "('completed', 'failed', 'timed_out', 'cancelled')"
+UPTIME_CACHE_TTL = 60.0
+"""Seconds an uptime figure is served from memory: it counts 5-minute slots, and new samples drop it."""
+UPTIME_CACHE_SIZE = 20_000
 SERIES = ("cpu_usage", "memory_usage", "disk_usage", "active_jobs")
 
 MIGRATION = """
@@ -280,25 +283,34 @@ class MetricsStore:
     def __init__(self, db: Database, retention: Retention | None = None) -> None:
         self.db = db
         self.retention = retention or Retention()
+        # Uptime per runner, read on every ``GET /runners/{id}``: kept for UPTIME_CACHE_TTL seconds (it counts
+        # 5-minute slots) and dropped when the runner's samples arrive.
+        self._uptime: dict[str, tuple[float, float]] = {}
 
     # --- samples -------------------------------------------------------------------------------------------
 
     async def add_samples(self, runner_id: str, samples: Sequence[MetricSample], now: float) -> int:
         """Store samples; ones already stored (a resent heartbeat), too old to keep, or from the future are
         skipped. Returns how many were new."""
-        oldest, newest = now - self.retention.total, now + MAX_CLOCK_SKEW
-        rows = [
-            (
-                int(s.at.timestamp() * 1000),
-                _tenths(s.cpu_usage),
-                _tenths(s.memory_usage),
-                _tenths(s.disk_usage),
-                s.active_jobs * SCALE,
-                runner_id,
+        return await self.add_sample_batch([(runner_id, samples, now)])
+
+    async def add_sample_batch(self, batch: Sequence[tuple[str, Sequence[MetricSample], float]]) -> int:
+        """The samples of many heartbeats (runner id, samples, when received) in one transaction."""
+        rows: list[tuple[int, int, int, int, int, str]] = []
+        for runner_id, samples, now in batch:
+            oldest, newest = now - self.retention.total, now + MAX_CLOCK_SKEW
+            rows.extend(
+                (
+                    int(s.at.timestamp() * 1000),
+                    _tenths(s.cpu_usage),
+                    _tenths(s.memory_usage),
+                    _tenths(s.disk_usage),
+                    s.active_jobs * SCALE,
+                    runner_id,
+                )
+                for s in samples
+                if oldest <= s.at.timestamp() <= newest
             )
-            for s in samples
-            if oldest <= s.at.timestamp() <= newest
-        ]
         if not rows:
             return 0
 
@@ -311,7 +323,10 @@ class MetricsStore:
             )
             return conn.total_changes - before
 
-        return await self.db.run(op)
+        added = await self.db.run(op)
+        for runner_id, _, _ in batch:
+            self._uptime.pop(runner_id, None)
+        return added
 
     # --- queries -------------------------------------------------------------------------------------------
 
@@ -322,8 +337,15 @@ class MetricsStore:
 
     async def uptime_percentage(self, runner_id: str, registered_at: float, now: float) -> float:
         """Share of the retention window (or the time since registration, if shorter) with samples."""
+        cached = self._uptime.get(runner_id)
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
         start = max(registered_at, now - self.retention.total)
-        return await self.db.read(partial(_uptime, runner_id=runner_id, start=start, now=now))
+        value = await self.db.read(partial(_uptime, runner_id=runner_id, start=start, now=now))
+        if len(self._uptime) > UPTIME_CACHE_SIZE:
+            self._uptime.clear()
+        self._uptime[runner_id] = (time.monotonic() + UPTIME_CACHE_TTL, value)
+        return value
 
     # --- compaction ----------------------------------------------------------------------------------------
 

@@ -94,6 +94,11 @@ MIGRATIONS: list[str] = [
     audit.MIGRATION,
     # 5: jobs submitted to the fleet: the held pool and their assignments (see coordinator/store/fleet.py)
     fleet_schema.MIGRATION,
+    # 6: runner list pages in registration order per filter, read from the index alone
+    """
+    CREATE INDEX runners_status_seq ON runners(status, type, seq);
+    CREATE INDEX runners_type_seq ON runners(type, seq)
+    """,
 ]
 
 LEVELS = {"debug": 10, "info": 20, "warn": 30, "error": 40}

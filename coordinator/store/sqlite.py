@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +27,13 @@ from coordinator.store.schema import MIGRATIONS
 from shared.models import AgentEvent, CurrentLoad, JobSubmission
 from shared.sqlite import Database
 
-RUNNER_CACHE_TTL = 2.0
-RUNNER_CACHE_SIZE = 10_000
+RUNNER_CACHE_TTL = 60.0
+"""How long a cached runner record, filter membership or statistics may be served. Every write this process
+makes replaces or drops what it changes at once; the TTL only bounds what another process writing the same
+database could change unseen. Long enough that a fleet's records stay cached between their heartbeats."""
+RUNNER_CACHE_SIZE = 20_000
+MEMBERSHIP_CACHE_SIZE = 256
+"""Distinct runner filters whose matching ids are kept (a new one past this clears them all)."""
 
 
 def _runner(row: sqlite3.Row) -> RunnerRecord:
@@ -48,6 +55,52 @@ def _runner(row: sqlite3.Row) -> RunnerRecord:
         resources=json.loads(row["resources"]),
         load=CurrentLoad.model_validate_json(row["load"]),
         updated_at=row["updated_at"],
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Beat:
+    load_json: str
+    load: CurrentLoad
+    interval: float
+    at: float
+
+    def applied(self, runner: RunnerRecord) -> RunnerRecord:
+        return replace(
+            runner,
+            load=self.load,
+            heartbeat_interval=self.interval,
+            last_seen=max(runner.last_seen, self.at),
+            last_heartbeat=self.at,
+            wire=None,
+        )
+
+
+def _write_beats(conn: sqlite3.Connection, beats: dict[str, _Beat]) -> None:
+    """The heartbeat columns of many runners in one statement; ``last_seen`` never moves back (an update
+    through the API may have set it later meanwhile)."""
+    if beats:
+        conn.executemany(
+            "UPDATE runners SET load = ?, heartbeat_interval = ?,"
+            " last_seen = CASE WHEN last_seen > ? THEN last_seen ELSE ? END, last_heartbeat = ? WHERE id = ?",
+            [(b.load_json, b.interval, b.at, b.at, b.at, runner_id) for runner_id, b in beats.items()],
+        )
+
+
+def _statistics(conn: sqlite3.Connection, runner_id: str) -> Statistics:
+    row = conn.execute(
+        "SELECT COUNT(*) AS total,"
+        " SUM(status = 'completed') AS ok,"
+        " SUM(status IN ('failed', 'timed_out')) AS bad,"
+        " AVG(CASE WHEN started_at IS NOT NULL THEN completed_at - started_at END) AS avg_time"
+        " FROM jobs WHERE runner_id = ? AND status IN ('completed', 'failed', 'timed_out', 'cancelled')",
+        (runner_id,),
+    ).fetchone()
+    return Statistics(
+        total_jobs_executed=int(row["total"] or 0),
+        successful_jobs=int(row["ok"] or 0),
+        failed_jobs=int(row["bad"] or 0),
+        average_execution_time=round(float(row["avg_time"] or 0.0), 3),
     )
 
 
@@ -93,6 +146,15 @@ class SqliteStore:
         # sharing a replicated database could change unseen.
         self._runners: dict[str, tuple[float, RunnerRecord]] = {}
         self._generation = 0
+        # The ids (in registration order) matching each runner filter, for list pages and their total_count;
+        # dropped whenever a runner joins, leaves, or changes status, type or tags (``_membership`` counts that).
+        self._members: dict[tuple[Any, ...], tuple[float, list[str]]] = {}
+        self._membership = 0
+        # Job statistics per runner, dropped when one of its jobs changes status.
+        self._statistics: dict[str, tuple[float, Statistics]] = {}
+        self._job_changes = 0
+        # Heartbeats recorded but not yet written (see record_heartbeat), the latest per runner.
+        self._pending: dict[str, _Beat] = {}
 
     @property
     def sealer(self) -> Sealer | None:
@@ -100,11 +162,22 @@ class SqliteStore:
 
     async def open(self) -> None:
         await self.db.open()
+        # The registry, read once: a fleet's first heartbeats and reads then cost no row reads each.
+        generation = self._generation
+
+        def op(conn: sqlite3.Connection) -> list[RunnerRecord]:
+            rows = conn.execute("SELECT * FROM runners ORDER BY seq LIMIT ?", (RUNNER_CACHE_SIZE,)).fetchall()
+            return [_runner(r) for r in rows]
+
+        for runner in await self.db.read(op):
+            if generation == self._generation:
+                self._cache(runner)
 
     def _stored_spec(self, spec: JobSubmission) -> str:
         return self._sealer.seal(spec) if self._sealer else spec.model_dump_json()
 
     async def close(self) -> None:
+        await self.flush_heartbeats()
         await self.db.close()
 
     async def storage_problem(self) -> str | None:
@@ -138,6 +211,7 @@ class SqliteStore:
             )
 
         await self.db.run(op)
+        self._forget(runner.id, membership=True)
 
     async def get_runner(self, runner_id: str) -> RunnerRecord | None:
         cached = self._runners.get(runner_id)
@@ -150,17 +224,31 @@ class SqliteStore:
             return _runner(row) if row else None
 
         runner = await self.db.read(op)
+        if runner is not None:
+            runner = self._overlay(runner)
         # Cache only if no runner was written while the read was in flight (it could predate that write).
         if runner is not None and generation == self._generation:
-            if len(self._runners) > RUNNER_CACHE_SIZE:
-                self._runners.clear()
-            self._runners[runner_id] = (time.monotonic() + RUNNER_CACHE_TTL, runner)
+            self._cache(runner)
         return runner
 
-    def _forget(self, *runner_ids: str) -> None:
+    def _cache(self, runner: RunnerRecord) -> None:
+        if len(self._runners) > RUNNER_CACHE_SIZE:
+            self._runners.clear()
+        self._runners[runner.id] = (time.monotonic() + RUNNER_CACHE_TTL, runner)
+
+    def _forget(self, *runner_ids: str, membership: bool = False) -> None:
+        """Drop cached records after a write; ``membership``: the write may change which filters they match."""
         self._generation += 1
         for runner_id in runner_ids:
             self._runners.pop(runner_id, None)
+        if membership:
+            self._membership += 1
+            self._members.clear()
+
+    def _forget_statistics(self, runner_ids: Iterable[str]) -> None:
+        self._job_changes += 1
+        for runner_id in runner_ids:
+            self._statistics.pop(runner_id, None)
 
     async def token_owner(self, token: str) -> str | None:
         """The id of the runner ``token`` belongs to, if any."""
@@ -174,6 +262,45 @@ class SqliteStore:
     async def list_runners(
         self, filters: RunnerFilter, limit: int | None, offset: int
     ) -> tuple[list[RunnerRecord], int]:
+        """A page in registration order and the count of all matches. The ids matching each filter are kept in
+        memory (read from an index, dropped on any change of membership or after ``RUNNER_CACHE_TTL``), so a
+        page costs the same at any offset and ``total_count`` needs no scan; the page's records come from the
+        record cache, the missing ones in one indexed query."""
+        ids = await self._matching(filters)
+        page = ids[offset:] if limit is None else ids[offset : offset + limit]
+        now = time.monotonic()
+        found: dict[str, RunnerRecord] = {}
+        missing: list[str] = []
+        for runner_id in page:
+            cached = self._runners.get(runner_id)
+            if cached is not None and cached[0] > now:
+                found[runner_id] = cached[1]
+            else:
+                missing.append(runner_id)
+        if missing:
+            generation = self._generation
+
+            def op(conn: sqlite3.Connection) -> list[RunnerRecord]:
+                records: list[RunnerRecord] = []
+                for start in range(0, len(missing), 500):  # bound the statement's parameters
+                    chunk = missing[start : start + 500]
+                    marks = ", ".join("?" for _ in chunk)
+                    rows = conn.execute(f"SELECT * FROM runners WHERE id IN ({marks})", chunk).fetchall()
+                    records.extend(_runner(r) for r in rows)
+                return records
+
+            for record in await self.db.read(op):
+                found[record.id] = record = self._overlay(record)
+                if generation == self._generation:
+                    self._cache(record)
+        return [found[i] for i in page if i in found], len(ids)
+
+    async def _matching(self, filters: RunnerFilter) -> list[str]:
+        wanted = sorted(set(filters.tags))
+        key = (filters.status, filters.type, tuple(wanted))
+        cached = self._members.get(key)
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
         where: list[str] = []
         params: list[Any] = []
         if filters.status:
@@ -182,22 +309,22 @@ class SqliteStore:
         if filters.type:
             where.append("type = ?")
             params.append(filters.type)
-        wanted = sorted(set(filters.tags))
         if wanted:
             marks = ", ".join("?" for _ in wanted)
             where.append(f"(SELECT COUNT(DISTINCT value) FROM json_each(runners.tags) WHERE value IN ({marks})) = ?")
             params.extend([*wanted, len(wanted)])
         clause = f"WHERE {' AND '.join(where)}" if where else ""
+        generation = self._membership
 
-        def op(conn: sqlite3.Connection) -> tuple[list[RunnerRecord], int]:
-            total = conn.execute(f"SELECT COUNT(*) FROM runners {clause}", params).fetchone()[0]
-            rows = conn.execute(
-                f"SELECT * FROM runners {clause} ORDER BY seq LIMIT ? OFFSET ?",
-                [*params, -1 if limit is None else limit, offset],
-            ).fetchall()
-            return [_runner(r) for r in rows], int(total)
+        def op(conn: sqlite3.Connection) -> list[str]:
+            return [r[0] for r in conn.execute(f"SELECT id FROM runners {clause} ORDER BY seq", params)]
 
-        return await self.db.read(op)
+        ids = await self.db.read(op)
+        if generation == self._membership:
+            if len(self._members) > MEMBERSHIP_CACHE_SIZE:
+                self._members.clear()
+            self._members[key] = (time.monotonic() + RUNNER_CACHE_TTL, ids)
+        return ids
 
     async def update_runner(self, runner_id: str, changes: dict[str, Any], now: float) -> RunnerRecord | None:
         unknown = set(changes) - set(_RUNNER_COLUMNS)
@@ -213,7 +340,8 @@ class SqliteStore:
             return _runner(row) if row else None
 
         result = await self.db.run(op)
-        self._forget(runner_id)  # after the write: see get_runner
+        # after the write: see get_runner
+        self._forget(runner_id, membership=bool({"status", "tags"} & set(changes)))
         return result
 
     async def delete_runner(self, runner_id: str) -> bool:
@@ -221,10 +349,29 @@ class SqliteStore:
             return conn.execute("DELETE FROM runners WHERE id = ?", (runner_id,)).rowcount > 0
 
         result = await self.db.run(op)
-        self._forget(runner_id)  # after the write: see get_runner
+        self._pending.pop(runner_id, None)
+        self._forget(runner_id, membership=True)  # after the write: see get_runner
+        self._forget_statistics([runner_id])
         return result
 
     async def record_heartbeat(
+        self, runner_id: str, load: CurrentLoad, status: str, interval: float, now: float
+    ) -> StatusChange | None:
+        """A heartbeat that keeps the runner's status costs no database work here: the cached record is replaced
+        and the row written by the next :meth:`flush_heartbeats` (every read sees it meanwhile). One that changes
+        the status (a runner coming back, or going to ``error``) is written at once, as filters depend on it."""
+        runner = await self.get_runner(runner_id)
+        if runner is None:
+            return None
+        if runner.status != status:
+            return await self._write_heartbeat(runner_id, load, status, interval, now)
+        beat = _Beat(load.model_dump_json(), load, interval, now)
+        self._pending[runner_id] = beat
+        self._generation += 1  # a read in flight predates this heartbeat: it must not be cached
+        self._runners[runner_id] = (time.monotonic() + RUNNER_CACHE_TTL, beat.applied(runner))
+        return StatusChange("runner", runner_id, runner_id, runner.status, status, now)
+
+    async def _write_heartbeat(
         self, runner_id: str, load: CurrentLoad, status: str, interval: float, now: float
     ) -> StatusChange | None:
         def op(conn: sqlite3.Connection) -> StatusChange | None:
@@ -238,12 +385,37 @@ class SqliteStore:
             )
             return StatusChange("runner", runner_id, runner_id, row["status"], status, now)
 
+        self._pending.pop(runner_id, None)  # this write supersedes it
         result = await self.db.run(op)
-        self._forget(runner_id)  # after the write: see get_runner
+        self._forget(runner_id, membership=True)  # after the write: see get_runner
         return result
 
+    @property
+    def pending_heartbeats(self) -> int:
+        return len(self._pending)
+
+    async def flush_heartbeats(self) -> int:
+        """Write the heartbeats recorded since the last flush, in one transaction; returns how many."""
+        if not self._pending:
+            return 0
+        pending, self._pending = self._pending, {}
+        try:
+            await self.db.run(partial(_write_beats, beats=pending))
+        except BaseException:
+            self._pending = {**pending, **self._pending}  # kept for the next flush; newer ones win
+            raise
+        return len(pending)
+
+    def _overlay(self, runner: RunnerRecord) -> RunnerRecord:
+        """A record read from the database, with its heartbeat not yet written."""
+        beat = self._pending.get(runner.id)
+        return beat.applied(runner) if beat is not None else runner
+
     async def mark_stale(self, now: float, multiplier: float) -> list[StatusChange]:
+        pending, self._pending = self._pending, {}
+
         def op(conn: sqlite3.Connection) -> list[StatusChange]:
+            _write_beats(conn, pending)  # liveness judges by every heartbeat received, written or not
             rows = conn.execute(
                 "SELECT id, status FROM runners WHERE status != 'inactive' AND last_seen < ? - heartbeat_interval * ?",
                 (now, multiplier),
@@ -254,28 +426,25 @@ class SqliteStore:
                 changes.append(StatusChange("runner", row["id"], row["id"], row["status"], "inactive", now))
             return changes
 
-        changes = await self.db.run(op)
-        self._forget(*(change.runner_id for change in changes))
+        try:
+            changes = await self.db.run(op)
+        except BaseException:
+            self._pending = {**pending, **self._pending}  # kept for the next flush; newer ones win
+            raise
+        self._forget(*(change.runner_id for change in changes), membership=bool(changes))
         return changes
 
     async def statistics(self, runner_id: str) -> Statistics:
-        def op(conn: sqlite3.Connection) -> Statistics:
-            row = conn.execute(
-                "SELECT COUNT(*) AS total,"
-                " SUM(status = 'completed') AS ok,"
-                " SUM(status IN ('failed', 'timed_out')) AS bad,"
-                " AVG(CASE WHEN started_at IS NOT NULL THEN completed_at - started_at END) AS avg_time"
-                " FROM jobs WHERE runner_id = ? AND status IN ('completed', 'failed', 'timed_out', 'cancelled')",
-                (runner_id,),
-            ).fetchone()
-            return Statistics(
-                total_jobs_executed=int(row["total"] or 0),
-                successful_jobs=int(row["ok"] or 0),
-                failed_jobs=int(row["bad"] or 0),
-                average_execution_time=round(float(row["avg_time"] or 0.0), 3),
-            )
-
-        return await self.db.read(op)
+        cached = self._statistics.get(runner_id)
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
+        generation = self._job_changes
+        statistics = await self.db.read(partial(_statistics, runner_id=runner_id))
+        if generation == self._job_changes:
+            if len(self._statistics) > RUNNER_CACHE_SIZE:
+                self._statistics.clear()
+            self._statistics[runner_id] = (time.monotonic() + RUNNER_CACHE_TTL, statistics)
+        return statistics
 
     # --- jobs ----------------------------------------------------------------------------------------------
 
@@ -386,7 +555,9 @@ class SqliteStore:
             )
             return [StatusChange("job", r["id"], runner_id, r["status"], "cancelled", now) for r in rows]
 
-        return await self.db.run(op)
+        changes = await self.db.run(op)
+        self._forget_statistics([runner_id])
+        return changes
 
     async def cancel_held_job(self, job_id: str, reason: str, now: float) -> StatusChange | None:
         """Cancel a job the coordinator still holds (not yet delivered); ``None`` if an agent has it."""
@@ -402,10 +573,16 @@ class SqliteStore:
             )
             return StatusChange("job", job_id, row["runner_id"], "queued", "cancelled", now)
 
-        return await self.db.run(op)
+        change = await self.db.run(op)
+        if change is not None:
+            self._forget_statistics([change.runner_id])
+        return change
 
     # --- agent events --------------------------------------------------------------------------------------
 
     async def apply_events(self, runner_id: str, batch: list[AgentEvent]) -> tuple[int, list[StatusChange]] | None:
         """Exactly once and in order: see ``coordinator.store.events``."""
-        return await self.db.run(lambda conn: events.apply(conn, runner_id, batch))
+        applied = await self.db.run(lambda conn: events.apply(conn, runner_id, batch))
+        if applied is not None and applied[1]:
+            self._forget_statistics([runner_id])
+        return applied
