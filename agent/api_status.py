@@ -1,8 +1,9 @@
 """The agent's live view of its runner: status and health for the coordinator, and the Prometheus scrape.
 
 The coordinator proxies ``GET /runners/{id}/status`` and ``/health`` here, so both answer from the host itself:
-the load now, the Docker daemon asked now (cached for a few seconds), free disk and memory against the
-thresholds in the agent's config. ``/metrics`` needs no token, like the coordinator's.
+the load now, the executor's own checks (its engine or cluster asked now, cached for a few seconds; the
+limits it enforces), free disk and memory against the thresholds in the agent's config. ``/metrics`` needs no
+token, like the coordinator's.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from agent import sysinfo
 from agent.config import AgentConfig
-from agent.keys import AGENT, DOCKER_PROBE
+from agent.executors.base import Executor
+from agent.keys import AGENT
 from shared.http import json_response
 from shared.models import (
     CapabilityState,
@@ -39,18 +41,10 @@ def _grade(available: float, warn_below: float, fail_below: float) -> CheckStatu
     return "warn" if available < warn_below else "pass"
 
 
-def _uses_docker(config: AgentConfig) -> bool:
-    return config.runner.type == "docker" or "docker" in config.runner.capabilities
-
-
-async def host_checks(config: AgentConfig, probe: sysinfo.DockerProbe) -> dict[str, HealthCheck]:
-    """``docker_daemon`` (only for a runner that uses Docker), ``disk_space`` and ``memory``."""
-    checks: dict[str, HealthCheck] = {}
-    if _uses_docker(config):
-        version, error = await probe.check()
-        checks["docker_daemon"] = (
-            HealthCheck(status="pass", version=version) if version else HealthCheck(status="fail", error=error)
-        )
+async def host_checks(config: AgentConfig, executor: Executor) -> dict[str, HealthCheck]:
+    """The executor's checks (``docker_daemon``, ``kubernetes_api``, ``resource_limits``), ``disk_space`` and
+    ``memory``."""
+    checks: dict[str, HealthCheck] = dict(await executor.health())
     disk_gb, memory_gb = sysinfo.free_gb(config.workspaces)
     limits = config.health
     checks["disk_space"] = HealthCheck(
@@ -67,10 +61,9 @@ async def host_checks(config: AgentConfig, probe: sysinfo.DockerProbe) -> dict[s
 async def status(request: web.Request) -> web.Response:
     agent = request.app[AGENT]
     config = agent.config
-    checks = await host_checks(config, request.app[DOCKER_PROBE])
+    checks = await host_checks(config, agent.executor)
     capabilities: dict[str, CapabilityState] = {name: "available" for name in config.runner.capabilities}
-    if "docker_daemon" in checks and "docker" in capabilities:
-        capabilities["docker"] = "available" if checks["docker_daemon"].status == "pass" else "unavailable"
+    capabilities.update(await agent.executor.capabilities())
     view = RunnerStatusView(
         runner_id=agent.identity().runner_id,
         status=STATE_TO_STATUS.get(agent.state, "error"),
@@ -83,7 +76,7 @@ async def status(request: web.Request) -> web.Response:
 
 async def health(request: web.Request) -> web.Response:
     agent = request.app[AGENT]
-    checks = await host_checks(agent.config, request.app[DOCKER_PROBE])
+    checks = await host_checks(agent.config, agent.executor)
     view = RunnerHealthView(
         runner_id=agent.identity().runner_id, health=overall_health(checks), checks=checks, last_check=utcnow()
     )
@@ -99,7 +92,6 @@ async def prometheus(request: web.Request) -> web.Response:
 
 
 def setup(app: web.Application) -> None:
-    app[DOCKER_PROBE] = sysinfo.DockerProbe()
     app.router.add_get("/metrics", prometheus)
     app.router.add_get("/api/runners/{runner_id}/status", status)
     app.router.add_get("/api/runners/{runner_id}/health", health)

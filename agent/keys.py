@@ -8,7 +8,5 @@ from aiohttp import web
 
 if TYPE_CHECKING:
     from agent.daemon import Agent
-    from agent.sysinfo import DockerProbe
 
 AGENT: web.AppKey[Agent] = web.AppKey("agent")
-DOCKER_PROBE: web.AppKey[DockerProbe] = web.AppKey("docker_probe")

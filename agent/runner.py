@@ -16,7 +16,7 @@ import structlog
 
 from agent import logsink
 from agent.config import AgentConfig
-from agent.executors.base import Executor, ExecutorError, JobContext, OutputSink, StepContext
+from agent.executors.base import ExecutorError, JobContext, JobSteps, OutputSink, StepContext, StepFailed
 from agent.shipping import Outbox
 from agent.store import StoredJob
 from shared.timeutil import isoformat, utcnow
@@ -40,7 +40,7 @@ def _now() -> str:
 
 
 class JobRunner:
-    def __init__(self, config: AgentConfig, executor: Executor, outbox: Outbox) -> None:
+    def __init__(self, config: AgentConfig, executor: JobSteps, outbox: Outbox) -> None:
         self.config = config
         self.executor = executor
         self.outbox = outbox
@@ -73,6 +73,8 @@ class JobRunner:
             workspace=self.config.workspaces / job.job_id / str(attempt),
             environment=self._job_environment(job, attempt),
             image=spec.image,
+            timeout=spec.timeout or self.config.job_timeout,
+            steps=list(spec.steps),
         )
         logs = self._open_log(job, attempt)
         await self.outbox.transition(
@@ -117,14 +119,17 @@ class JobRunner:
                 self._system(context.job_id, context.attempt, "info", f"Step started: {step.name}", step.name),
             )
             started = time.monotonic()
+            failure: str | None = None
             try:
-                async with asyncio.timeout(step.timeout):
+                async with asyncio.timeout(self._step_bound(step.timeout)):
                     code: int | None = await self.executor.run_step(
                         context, StepContext(index, step, env), self._sink(context, step.name)
                     )
                 status = "completed" if code == 0 else "failed"
             except TimeoutError:
                 status, code = "timed_out", None
+            except StepFailed as e:
+                status, code, failure = "failed", e.exit_code, e.reason
             except (asyncio.CancelledError, ExecutorError) as e:
                 # The job ends here; record the step as such before the error travels on.
                 if isinstance(e, ExecutorError) or self._logs[(context.job_id, context.attempt)].failure:
@@ -141,8 +146,17 @@ class JobRunner:
                 continue
             if status == "timed_out":
                 return Outcome("timed_out", reason=f"step '{step.name}' exceeded its timeout of {step.timeout}s")
-            return Outcome("failed", exit_code=code, reason=f"step '{step.name}' failed with exit code {code}")
+            return Outcome(
+                "failed", exit_code=code, reason=failure or f"step '{step.name}' failed with exit code {code}"
+            )
         return Outcome("completed", exit_code=0)
+
+    def _step_bound(self, timeout: int | None) -> float | None:
+        """The runner's own bound on a step: its timeout, or for an executor that times steps itself a backstop
+        past it (the executor ends the step and says so first; this only catches an executor that hangs)."""
+        if timeout is None or not self.executor.times_steps:
+            return timeout
+        return timeout + self.config.kill_grace_period + 30
 
     def _finish_step(
         self, context: JobContext, index: int, name: str, status: str, code: int | None, started: float

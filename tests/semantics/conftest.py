@@ -31,6 +31,7 @@ from tests.helpers import TERMINAL, Api, submit_job
 
 EXECUTORS: dict[str, dict[str, Any]] = {
     "native": {},
+    "local": {"runner": {"type": "local"}},
     "docker": {
         "runner": {"type": "docker", "capabilities": ["shell", "docker"]},
         "docker": {"image": docker_support.IMAGE, "pull_policy": "never"},
