@@ -216,7 +216,8 @@ class Agent:
         log.info("agent API listening", host=self.config.listen.host, port=self.port)
         self._identity = await ensure_registered(self.config, self.executor, self.client, self.port)
         structlog.contextvars.bind_contextvars(runner_id=self._identity.runner_id)
-        await self.executor.start()
+        open_jobs = {job.job_id for job in await self.store.open_jobs()}
+        await self.executor.start(self._identity.runner_id, open_jobs)
         await self.supervisor.resume(self.executor.recover)
         if await control.stopped_before(self):
             log.info("runner was stopped before the agent restarted; it stays stopped until started")

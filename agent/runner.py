@@ -52,10 +52,14 @@ class JobRunner:
         bound = structlog.get_logger(__name__).bind(runner_id=job.assignment.runner_id, job_id=job.job_id)
         last_attempt = spec.retry_count + 1
         attempt = max(job.attempt, 0)
+        resume, job.resume_step = job.resume_step, None
+        if resume is not None:
+            attempt -= 1  # the attempt the previous agent process was running goes on
         outcome = Outcome("failed", reason="no attempt ran")
         while attempt < last_attempt:
             attempt += 1
-            outcome = await self._attempt(job, attempt, cancel_reason, bound)
+            outcome = await self._attempt(job, attempt, cancel_reason, bound, resume)
+            resume = None
             final = outcome.status in ("completed", "cancelled") or attempt >= last_attempt
             await self._report(job, attempt, outcome, final)
             if final:
@@ -63,9 +67,17 @@ class JobRunner:
             bound.info("job attempt failed; retrying", attempt=attempt, status=outcome.status)
         return outcome
 
-    async def _attempt(self, job: StoredJob, attempt: int, cancel_reason: dict[str, str], bound: Any) -> Outcome:
+    async def reattach(self, job: StoredJob) -> int | None:
+        """After a restart: the step to go on with when the executor re-attached to the job's running attempt."""
+        try:
+            return await self.executor.reattach(self._context(job, job.attempt))
+        except ExecutorError as e:
+            log.warning("could not re-attach to the job", job_id=job.job_id, error=str(e))
+            return None
+
+    def _context(self, job: StoredJob, attempt: int) -> JobContext:
         spec = job.assignment.spec
-        context = JobContext(
+        return JobContext(
             job_id=job.job_id,
             runner_id=job.assignment.runner_id,
             name=spec.name,
@@ -76,20 +88,30 @@ class JobRunner:
             timeout=spec.timeout or self.config.job_timeout,
             steps=list(spec.steps),
         )
+
+    async def _attempt(
+        self, job: StoredJob, attempt: int, cancel_reason: dict[str, str], bound: Any, resume: int | None = None
+    ) -> Outcome:
+        """One attempt; with ``resume``, the one a previous agent process started, from that step on (its start,
+        and the steps before it, were reported by that process)."""
+        spec = job.assignment.spec
+        context = self._context(job, attempt)
         logs = self._open_log(job, attempt)
-        await self.outbox.transition(
-            job.job_id,
-            "running",
-            attempt,
-            {"kind": "job", "job_id": job.job_id, "attempt": attempt, "status": "running", "at": _now()},
-            self._system(job.job_id, attempt, "info", f"Job started: {job.job_id} (attempt {attempt})"),
-        )
+        if resume is None:
+            await self.outbox.transition(
+                job.job_id,
+                "running",
+                attempt,
+                {"kind": "job", "job_id": job.job_id, "attempt": attempt, "status": "running", "at": _now()},
+                self._system(job.job_id, attempt, "info", f"Job started: {job.job_id} (attempt {attempt})"),
+            )
         timeout = spec.timeout or self.config.job_timeout
         outcome: Outcome | None = None
         try:
             async with asyncio.timeout(timeout) as deadline:
-                await self.executor.setup(context)
-                outcome = await self._steps(context, job, bound, deadline)
+                if resume is None:
+                    await self.executor.setup(context)
+                outcome = await self._steps(context, job, bound, deadline, first=resume or 0, announced=resume)
         except TimeoutError:
             outcome = Outcome("timed_out", reason=f"job exceeded its timeout of {timeout}s")
         except ExecutorError as e:
@@ -111,13 +133,25 @@ class JobRunner:
         assert outcome is not None  # every path that gets here set it
         return outcome
 
-    async def _steps(self, context: JobContext, job: StoredJob, bound: Any, deadline: asyncio.Timeout) -> Outcome:
+    async def _steps(
+        self,
+        context: JobContext,
+        job: StoredJob,
+        bound: Any,
+        deadline: asyncio.Timeout,
+        first: int = 0,
+        announced: int | None = None,
+    ) -> Outcome:
+        """The steps from ``first`` on; step ``announced`` was already reported as started."""
         for index, step in enumerate(job.assignment.spec.steps):
+            if index < first:
+                continue
             env = {**context.environment, **step.env, "RUSTCI_STEP_NAME": step.name}
-            self.outbox.emit_nowait(
-                self._step_event(context, index, step.name, "running"),
-                self._system(context.job_id, context.attempt, "info", f"Step started: {step.name}", step.name),
-            )
+            if index != announced:
+                self.outbox.emit_nowait(
+                    self._step_event(context, index, step.name, "running"),
+                    self._system(context.job_id, context.attempt, "info", f"Step started: {step.name}", step.name),
+                )
             started = time.monotonic()
             failure: str | None = None
             try:

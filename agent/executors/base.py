@@ -7,8 +7,9 @@ Contract every executor keeps:
   ``kubernetes:``, ``native:``). ``configure(changed)`` is called after a live settings change (SIGHUP,
   ``PUT /config``) with the names of the top-level settings that changed; the executor reads the config
   again for what it cached.
-- ``start()`` runs once when the agent starts, before any job: a backend that made things outside the agent
-  (pods) removes the ones of this runner no job owns any more. ``check()`` raises :class:`ExecutorError`
+- ``start(runner_id, open_jobs)`` runs once when the agent starts, before any job: a backend that made things
+  outside the agent (pods) removes the ones of this runner whose job is not among ``open_jobs``. ``check()``
+  raises :class:`ExecutorError`
   while the executor cannot run jobs (its engine or cluster is unreachable); ``health()`` gives the checks it
   adds to the runner's health (``docker_daemon``, ``kubernetes_api``, ``resource_limits``) and
   ``capabilities()`` what it adds to the runner's capabilities, with whether each is available now.
@@ -61,6 +62,10 @@ class OutputSink(Protocol):
     async def drain(self) -> None:
         """Wait while the log pipeline is far behind; executors call it between chunks of a step's output, so a
         step printing faster than its log can be written is slowed down instead of piling up in memory."""
+
+    async def flush(self) -> None:
+        """Return once every line taken so far is durable (in the agent's outbox on disk): an executor that
+        records how far it has read (to re-attach after a restart) records it after this."""
 
 
 class ExecutorError(Exception):
@@ -128,7 +133,7 @@ class Executor(Protocol):
 
     def configure(self, changed: set[str]) -> None: ...
 
-    async def start(self) -> None: ...
+    async def start(self, runner_id: str, open_jobs: set[str]) -> None: ...
 
     async def check(self) -> None: ...
 
@@ -162,7 +167,7 @@ class ExecutorDefaults:
     def configure(self, changed: set[str]) -> None:
         self.kill_grace_period = self.config.kill_grace_period
 
-    async def start(self) -> None:
+    async def start(self, runner_id: str, open_jobs: set[str]) -> None:
         return None
 
     async def check(self) -> None:

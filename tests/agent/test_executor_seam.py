@@ -32,7 +32,7 @@ class EchoExecutor(ExecutorDefaults):
         super().configure(changed)
         EchoExecutor.configured.append(changed)
 
-    async def start(self) -> None:
+    async def start(self, runner_id: str, open_jobs: set[str]) -> None:
         EchoExecutor.started += 1
 
     async def health(self) -> dict[str, HealthCheck]:
@@ -128,6 +128,9 @@ class Lines:
         self.lines.append(line)
 
     async def drain(self) -> None:
+        return None
+
+    async def flush(self) -> None:
         return None
 
 
