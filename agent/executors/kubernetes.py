@@ -212,7 +212,14 @@ class KubernetesExecutor(ExecutorDefaults):
             self._api = _api_client(self.settings)
 
     async def start(self, runner_id: str, open_jobs: set[str]) -> None:
-        """Delete this runner's pods (and ConfigMaps) whose job the agent no longer has open."""
+        """Delete this runner's pods (and ConfigMaps) whose job the agent no longer has open. An unreachable
+        cluster does not stop the agent (it waits in ``error`` for the cluster): they go at the next start."""
+        try:
+            await self._delete_orphans(runner_id, open_jobs)
+        except ExecutorError as e:
+            log.warning("could not look for orphaned job pods", error=str(e))
+
+    async def _delete_orphans(self, runner_id: str, open_jobs: set[str]) -> None:
         for kind in ("pod", "config_map"):
             found = await self._labelled(kind, {LABEL_RUNNER: runner_id})
             for item in found:
@@ -498,9 +505,12 @@ class KubernetesExecutor(ExecutorDefaults):
 
     def _close_log(self, follow: _Follow) -> None:
         if follow.response is not None:
+            # shutdown() wakes a read blocked in another thread; close() then does not wait for the stream's end
+            # (release_conn() would drain it, and a followed log has no end while the container runs).
+            with contextlib.suppress(Exception):
+                follow.response.shutdown()
             with contextlib.suppress(Exception):
                 follow.response.close()
-                follow.response.release_conn()
         follow.response = None
         follow.chunks = None
 

@@ -98,6 +98,8 @@ class Kubelet:
         self.root = root
         self.pods: dict[tuple[str, str], PodRun] = {}
         self.log_requests: list[dict[str, str]] = []
+        self.started: list[str] = []  # names of the pods this kubelet ran, in order
+        self.deleted: list[str] = []  # names of the pods it saw deleted
         self._streams: set[asyncio.Event] = set()
         self._session: aiohttp.ClientSession | None = None
         self._watch: asyncio.Task[None] | None = None
@@ -152,9 +154,11 @@ class Kubelet:
                             key[0], key[1], meta.get("uid") or f"{key[0]}-{key[1]}-{time.time_ns()}", obj["spec"]
                         )
                         self.pods[key] = run
+                        self.started.append(key[1])
                         run.task = asyncio.create_task(self._run(run), name=f"kubelet:{key[1]}")
                     elif event.get("type") == "DELETED" and key in self.pods:
                         run = self.pods.pop(key)
+                        self.deleted.append(key[1])
                         run.deleted = True
                         grace = int(run.spec.get("terminationGracePeriodSeconds", 30))
                         asyncio.create_task(self._kill(run, grace), name=f"kubelet:kill:{key[1]}")  # noqa: RUF006
@@ -364,6 +368,12 @@ class EmulatedCluster:
             if getattr(resource, "plural", None) == "pods" and ns == namespace and not obj.deleted:
                 found.append(obj.raw)
         return found
+
+    async def create(self, plural: str, body: dict[str, Any], namespace: str = "default") -> None:
+        """Create an object through the API, as any client would."""
+        async with aiohttp.ClientSession(self.kubelet.url) as session:
+            async with session.post(f"/api/v1/namespaces/{namespace}/{plural}", json=body) as response:
+                assert response.status in (200, 201), await response.text()
 
     def configmaps(self, namespace: str = "default") -> list[dict[str, Any]]:
         found = []
