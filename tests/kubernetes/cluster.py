@@ -99,6 +99,7 @@ class Kubelet:
         self.pods: dict[tuple[str, str], PodRun] = {}
         self.log_requests: list[dict[str, str]] = []
         self.started: list[str] = []  # names of the pods this kubelet ran, in order
+        self._runs: list[PodRun] = []  # every pod it ran, deleted ones too (all are waited for at close)
         self.deleted: list[str] = []  # names of the pods it saw deleted
         self._streams: set[asyncio.Event] = set()
         self._session: aiohttp.ClientSession | None = None
@@ -115,12 +116,19 @@ class Kubelet:
             self._watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch
-        for run in list(self.pods.values()):
+        for run in self._runs:
             await self._kill(run, grace=0)
             if run.task is not None:
+                # Its processes are killed: let it see them exit (a subprocess transport left open warns later).
+                with contextlib.suppress(TimeoutError, Exception):
+                    await asyncio.wait_for(asyncio.shield(run.task), 10)
                 run.task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await run.task
+            if run.process is not None and run.process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    run.process.kill()
+                await run.process.wait()
             for d in run.dirs:
                 shutil.rmtree(d, ignore_errors=True)
         if self._session is not None:
@@ -154,6 +162,7 @@ class Kubelet:
                             key[0], key[1], meta.get("uid") or f"{key[0]}-{key[1]}-{time.time_ns()}", obj["spec"]
                         )
                         self.pods[key] = run
+                        self._runs.append(run)
                         self.started.append(key[1])
                         run.task = asyncio.create_task(self._run(run), name=f"kubelet:{key[1]}")
                     elif event.get("type") == "DELETED" and key in self.pods:
