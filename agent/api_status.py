@@ -1,8 +1,9 @@
 """The agent's live view of its runner: status and health for the coordinator, and the Prometheus scrape.
 
 The coordinator asks for ``GET /runners/{id}/status`` and ``/health`` over the channel, so both answer from the
-host itself: the load now, the Docker daemon asked now (cached for a few seconds), free disk and memory against
-the thresholds in the agent's config. ``/metrics`` (on the agent's local HTTP API) needs no token.
+host itself: the load now, the executor's own checks (its engine or cluster asked now, cached for a few seconds;
+the limits it enforces), free disk and memory against the thresholds in the agent's config. ``/metrics`` (on the
+agent's local HTTP API) needs no token.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from agent import sysinfo
 from agent.config import AgentConfig
+from agent.executors.base import Executor
 from agent.keys import AGENT
 from shared.models import (
     CapabilityState,
@@ -43,18 +45,10 @@ def _grade(available: float, warn_below: float, fail_below: float) -> CheckStatu
     return "warn" if available < warn_below else "pass"
 
 
-def _uses_docker(config: AgentConfig) -> bool:
-    return config.runner.type == "docker" or "docker" in config.runner.capabilities
-
-
-async def host_checks(config: AgentConfig, probe: sysinfo.DockerProbe) -> dict[str, HealthCheck]:
-    """``docker_daemon`` (only for a runner that uses Docker), ``disk_space`` and ``memory``."""
-    checks: dict[str, HealthCheck] = {}
-    if _uses_docker(config):
-        version, error = await probe.check()
-        checks["docker_daemon"] = (
-            HealthCheck(status="pass", version=version) if version else HealthCheck(status="fail", error=error)
-        )
+async def host_checks(config: AgentConfig, executor: Executor) -> dict[str, HealthCheck]:
+    """The executor's checks (``docker_daemon``, ``kubernetes_api``, ``resource_limits``), ``disk_space`` and
+    ``memory``."""
+    checks: dict[str, HealthCheck] = dict(await executor.health())
     disk_gb, memory_gb = sysinfo.free_gb(config.workspaces)
     limits = config.health
     checks["disk_space"] = HealthCheck(
@@ -70,10 +64,9 @@ async def host_checks(config: AgentConfig, probe: sysinfo.DockerProbe) -> dict[s
 
 async def status_view(agent: Agent) -> RunnerStatusView:
     config = agent.config
-    checks = await host_checks(config, agent.docker_probe)
+    checks = await host_checks(config, agent.executor)
     capabilities: dict[str, CapabilityState] = {name: "available" for name in config.runner.capabilities}
-    if "docker_daemon" in checks and "docker" in capabilities:
-        capabilities["docker"] = "available" if checks["docker_daemon"].status == "pass" else "unavailable"
+    capabilities.update(await agent.executor.capabilities())
     return RunnerStatusView(
         runner_id=agent.identity().runner_id,
         status=STATE_TO_STATUS.get(agent.state, "error"),
@@ -84,7 +77,7 @@ async def status_view(agent: Agent) -> RunnerStatusView:
 
 
 async def health_view(agent: Agent) -> RunnerHealthView:
-    checks = await host_checks(agent.config, agent.docker_probe)
+    checks = await host_checks(agent.config, agent.executor)
     return RunnerHealthView(
         runner_id=agent.identity().runner_id, health=overall_health(checks), checks=checks, last_check=utcnow()
     )

@@ -6,8 +6,9 @@ import socket
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from agent import executors
 from shared.config import Settings, load_settings
 from shared.http import ServerTimeouts
 from shared.models import MIN_MASKED_LENGTH, DockerConfig, EnvName, Label, ResourceLimits
@@ -57,12 +58,19 @@ class CoordinatorLink(Settings):
 class RunnerSettings(Settings):
     name: str = Field(default_factory=socket.gethostname, min_length=1, max_length=128)
     """Runner name shown in the registry; defaults to the host name."""
-    type: Literal["native", "docker", "kubernetes", "local"] = "native"
-    """Executor this runner uses."""
+    type: str = "native"
+    """Executor this runner uses: ``local``, ``native``, ``docker``, ``kubernetes`` (see ``agent.executors``)."""
     capabilities: list[Label] = Field(default_factory=list)
     tags: list[Label] = Field(default_factory=list)
     metadata: dict[str, str | int | float | bool] = Field(default_factory=dict)
     """Extra metadata; the agent adds os, arch, hostname and versions itself."""
+
+    @field_validator("type")
+    @classmethod
+    def _known_executor(cls, value: str) -> str:
+        if value not in executors.names():
+            raise ValueError(f"unknown executor '{value}' (allowed: {', '.join(executors.names())})")
+        return value
 
 
 class Listen(ServerTimeouts):
@@ -110,6 +118,59 @@ class DockerSettings(Settings):
     """``if-not-present``: pull the image when this host lacks it; ``never``: a missing image fails the job."""
 
 
+class NativeSettings(Settings):
+    """The native executor (``runner.type: native``): host processes with ``resource_limits`` enforced.
+
+    Memory and CPU go through a cgroup per job when the agent can make one (cgroup v2: the agent's own delegated
+    subtree, as systemd gives a unit with ``Delegate=yes``, or a writable cgroup root; else cgroup v1's memory and
+    cpu hierarchies when writable), otherwise through ``setrlimit`` (address space, CPU seconds)."""
+
+    limits: Literal["auto", "cgroup", "rlimit", "off"] = "auto"
+    """``auto``: a cgroup when possible, else setrlimit; ``cgroup``: a cgroup or the job fails; ``rlimit``: always
+    setrlimit; ``off``: no enforcement."""
+    cgroup_parent: Path | None = None
+    """A cgroup v2 directory the agent may create job groups in (default: found as described above)."""
+    run_as: str | None = Field(default=None, min_length=1, max_length=64)
+    """User (name or uid) the steps run as; the agent must be root to switch to it."""
+
+
+class Toleration(Settings):
+    key: str | None = None
+    operator: Literal["Equal", "Exists"] = "Equal"
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = Field(default=None, ge=0)
+
+
+class KubernetesSettings(Settings):
+    """The Kubernetes executor (``runner.type: kubernetes``): one pod per job attempt.
+
+    The cluster is the one ``kubeconfig`` names (default ``$KUBECONFIG``, then ``~/.kube/config``), or the pod's
+    own service account with ``in_cluster``. ``resource_limits`` become the job container's requests and limits."""
+
+    kubeconfig: Path | None = None
+    """Kubeconfig file; default ``$KUBECONFIG``, then ``~/.kube/config``."""
+    context: str | None = None
+    """Context of the kubeconfig to use; default its current context."""
+    in_cluster: bool = False
+    """Use the service account of the pod the agent runs in instead of a kubeconfig."""
+    namespace: str = Field(default="default", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)
+    service_account: str | None = Field(default=None, min_length=1, max_length=253)
+    """Service account the job pods run as; default the namespace's ``default``."""
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[Toleration] = Field(default_factory=list)
+    image: str = Field(default="alpine:3.20", min_length=1, max_length=512, pattern=r"^[^\s]+$")
+    """Image of the job pods when the job names none; it needs ``sh``."""
+    pull_policy: Literal["IfNotPresent", "Always", "Never"] = "IfNotPresent"
+    host_workspace: bool = False
+    """Mount the agent's workspace directory into the pod (hostPath) instead of an ``emptyDir``: for an agent that
+    runs on the node its pods run on, so that ``cleanup_policy`` keeps the files on the host."""
+    volumes: list[str] = Field(default_factory=list)
+    """``host_path:container_path[:ro]`` hostPath mounts for every job pod."""
+    api_timeout: float = Field(default=30.0, gt=0, le=600)
+    """Bound on each call to the API server (watches and log streams excepted)."""
+
+
 class AgentConfig(Settings):
     coordinator: CoordinatorLink = Field(default_factory=CoordinatorLink)
     runner: RunnerSettings = Field(default_factory=RunnerSettings)
@@ -152,11 +213,15 @@ class AgentConfig(Settings):
     """Undelivered events kept on disk while the coordinator cannot be reached; past it the oldest log entries are
     dropped (never job or step state), and one entry says how many."""
     resource_limits: ResourceLimits = Field(default_factory=ResourceLimits)
-    """Limits for each job's container or pod (Docker, Kubernetes executors)."""
+    """Limits for each job: its cgroup (native), container (Docker) or pod's requests and limits (Kubernetes)."""
     docker_config: DockerConfig = Field(default_factory=DockerConfig)
     """Container settings for the Docker executor."""
     docker: DockerSettings = Field(default_factory=DockerSettings)
     """The Docker executor's image and pull policy."""
+    kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings)
+    """The Kubernetes executor's cluster, namespace and pod settings."""
+    native: NativeSettings = Field(default_factory=NativeSettings)
+    """How the native executor enforces ``resource_limits``."""
     log: Log = Field(default_factory=Log)
 
     @property

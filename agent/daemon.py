@@ -17,7 +17,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from agent import api, control, registration, sysinfo
+from agent import api, control, executors, registration, sysinfo
 from agent import config as config_module
 from agent import identity as identity_store
 from agent.channel import Channel
@@ -25,7 +25,6 @@ from agent.config import AgentConfig
 from agent.control import RunnerControl
 from agent.coordinator_client import CoordinatorClient, CoordinatorUnreachable
 from agent.executors.base import Executor, ExecutorError
-from agent.executors.native import NativeExecutor
 from agent.identity import Identity
 from agent.metrics import AgentMetrics
 from agent.registration import ensure_registered
@@ -48,16 +47,11 @@ class ExecutorUnavailable(Exception):
 
 
 def make_executor(config: AgentConfig) -> Executor:
-    if config.runner.type in ("native", "local"):
-        return NativeExecutor(kill_grace_period=config.kill_grace_period, max_line=config.max_log_line_bytes)
-    if config.runner.type == "docker":
-        from agent.executors.docker import DockerExecutor  # the Docker SDK is loaded only by agents that use it
-
-        return DockerExecutor(config)
-    raise ExecutorUnavailable(
-        f"runner.type: the '{config.runner.type}' executor is not available in this build"
-        " (allowed: native, local, docker)"
-    )
+    """The executor ``runner.type`` names (see the registry in ``agent.executors``)."""
+    try:
+        return executors.create(config)
+    except (executors.UnknownExecutor, ExecutorError) as e:
+        raise ExecutorUnavailable(f"runner.type: {e}") from e
 
 
 # Settings SIGHUP and restart apply from the file without a process restart.
@@ -71,6 +65,8 @@ RELOADABLE = (
     "resource_limits",
     "docker_config",
     "docker",
+    "kubernetes",
+    "native",
     "shutdown_timeout",
 )
 
@@ -100,7 +96,6 @@ class Agent:
             config.coordinator.request_timeout,
             on_quarantined=self.metrics.events_quarantined.inc,
         )
-        self.docker_probe = sysinfo.DockerProbe()
         self.runner_state = RunnerState(self.supervisor)
         self.heartbeat_failures = 0
         self._tasks = TaskSet("agent")
@@ -135,8 +130,7 @@ class Agent:
     def _config_changed(self, fields: set[str]) -> None:
         if "max_concurrent_jobs" in fields:
             self.supervisor.set_limit(self.config.max_concurrent_jobs)
-        if "kill_grace_period" in fields and hasattr(self.executor, "kill_grace_period"):
-            self.executor.kill_grace_period = self.config.kill_grace_period
+        self.executor.configure(fields)
 
     def reload_config(self) -> None:
         """Re-read the config file and apply what can change live; log what needs a process restart."""
@@ -168,7 +162,7 @@ class Agent:
             log.warning("could not announce the new limits; the next connect announces them", error=str(e))
 
     async def _hello(self) -> Hello:
-        body = await registration.announcement(self.config)
+        body = await registration.announcement(self.config, self.executor)
         body["port"] = self.port
         del body["name"], body["type"]  # chosen at registration, not announced
         return Hello(version=str(body["metadata"].get("agent_version", "")), state=self.state, **body)
@@ -183,14 +177,9 @@ class Agent:
         self.job_runner.executor = self.metrics.instrument(self.executor)
 
     async def check_executor(self) -> str | None:
-        """Why the executor cannot run jobs now (its engine is unreachable), or None when it can.
-
-        Executors with a daemon to reach (Docker, Kubernetes) have a ``check``; native has nothing to check."""
-        check = getattr(self.executor, "check", None)
-        if check is None:
-            return None
+        """Why the executor cannot run jobs now (its engine or cluster is unreachable), or None when it can."""
         try:
-            await check()
+            await self.executor.check()
         except ExecutorError as e:
             return str(e)
         return None
@@ -246,8 +235,10 @@ class Agent:
         if server is not None and server.sockets:
             self.port = server.sockets[0].getsockname()[1]
         log.info("agent health and metrics listening", host=self.config.listen.host, port=self.port)
-        self._identity = await ensure_registered(self.config, self.client, self.port)
+        self._identity = await ensure_registered(self.config, self.executor, self.client, self.port)
         structlog.contextvars.bind_contextvars(runner_id=self._identity.runner_id)
+        open_jobs = {job.job_id for job in await self.store.open_jobs()}
+        await self.executor.start(self._identity.runner_id, open_jobs)
         await self.supervisor.resume(self.executor.recover)
         if await control.stopped_before(self):
             log.info("runner was stopped before the agent restarted; it stays stopped until started")
@@ -327,7 +318,7 @@ class Agent:
             await self.supervisor.cancel_running("runner was deleted on the coordinator")
             dropped = await self.store.forget_runner(old.runner_id)
             identity_store.path_in(self.config.state_dir).unlink(missing_ok=True)
-            self._identity = await ensure_registered(self.config, self.client, self.port)
+            self._identity = await ensure_registered(self.config, self.executor, self.client, self.port)
             structlog.contextvars.bind_contextvars(runner_id=self._identity.runner_id)
             log.warning("registered as a new runner", old_runner_id=old.runner_id, dropped_jobs=dropped)
             self._reregister.clear()

@@ -49,6 +49,9 @@ class LineWriter(Protocol):
     async def room(self) -> None:
         """Wait until the writer is not too far behind (backpressure on the step's output)."""
 
+    async def flush(self) -> None:
+        """Return once every entry taken so far is on disk."""
+
 
 # --- masking -----------------------------------------------------------------------------------------------
 
@@ -125,6 +128,9 @@ class StepOutput:
 
     async def drain(self) -> None:
         await self._log._writer.room()
+
+    async def flush(self) -> None:
+        await self._log._writer.flush()
 
 
 # --- entries -----------------------------------------------------------------------------------------------

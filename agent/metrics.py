@@ -19,14 +19,13 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 from prometheus_client import Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from agent import sysinfo
-from agent.executors.base import Executor, ExecutorError, JobContext, OutputSink, StepContext
+from agent.executors.base import ExecutorError, JobContext, JobSteps, OutputSink, StepContext
 from shared.logs import DroppedLines
 from shared.models import TERMINAL_JOB_STATUSES, MetricSample
 from shared.prometheus import daemon_registry
@@ -180,7 +179,7 @@ class AgentMetrics:
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 
-    def instrument(self, executor: Executor) -> InstrumentedExecutor:
+    def instrument(self, executor: JobSteps) -> InstrumentedExecutor:
         return InstrumentedExecutor(executor, self)
 
     # --- load samples --------------------------------------------------------------------------------------
@@ -205,14 +204,20 @@ class AgentMetrics:
 class InstrumentedExecutor:
     """An executor that times steps and counts executor errors, around any other executor (same contract)."""
 
-    def __init__(self, inner: Executor, metrics: AgentMetrics) -> None:
+    def __init__(self, inner: JobSteps, metrics: AgentMetrics) -> None:
         self.inner = inner
-        self.name = inner.name
         self._metrics = metrics
 
-    def __getattr__(self, name: str) -> Any:
-        # Anything executor-specific (a Docker client, a cluster name) is still reachable through the wrapper.
-        return getattr(self.inner, name)
+    @property
+    def name(self) -> str:
+        return self.inner.name
+
+    @property
+    def times_steps(self) -> bool:
+        return self.inner.times_steps
+
+    async def reattach(self, job: JobContext) -> int | None:
+        return await self.inner.reattach(job)
 
     async def setup(self, job: JobContext) -> None:
         try:

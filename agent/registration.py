@@ -11,7 +11,6 @@ missing key, a registration the coordinator will never accept) stops the agent.
 
 from __future__ import annotations
 
-import asyncio
 import random
 from typing import Any
 
@@ -22,6 +21,7 @@ from agent import identity as identity_store
 from agent import sysinfo
 from agent.config import AgentConfig
 from agent.coordinator_client import CoordinatorClient, CoordinatorUnreachable
+from agent.executors.base import Executor
 from agent.identity import Identity
 from shared.errors import ApiError, AuthenticationRequired, RateLimitExceeded, RunnerNotFound
 
@@ -60,24 +60,22 @@ def _wait(state: RetryCallState) -> float:
     return float(_backoff(state))
 
 
-async def announcement(config: AgentConfig) -> dict[str, Any]:
+async def announcement(config: AgentConfig, executor: Executor) -> dict[str, Any]:
     metadata: dict[str, Any] = {
         **sysinfo.host_metadata(),
         "heartbeat_interval": config.heartbeat_interval,
         "max_concurrent_jobs": config.max_concurrent_jobs,
-        "executor": config.runner.type,
+        "executor": executor.name,
+        **await executor.metadata(),  # e.g. docker_version, kubernetes_version
         **config.runner.metadata,
     }
     capabilities = list(config.runner.capabilities)
-    if config.runner.type in ("docker", "kubernetes") and config.runner.type not in capabilities:
-        capabilities.append(config.runner.type)  # what the runner can do follows from its executor
-    if config.runner.type == "docker" or "docker" in capabilities:
-        version = await asyncio.to_thread(sysinfo.docker_version)
-        if version:
-            metadata["docker_version"] = version
+    for capability in await executor.capabilities():  # what the runner can do follows from its executor
+        if capability not in capabilities:
+            capabilities.append(capability)
     return {
         "name": config.runner.name,
-        "type": config.runner.type,
+        "type": executor.runner_type,
         "host": config.advertised_host,
         "port": config.listen.port,
         "capabilities": capabilities,
@@ -87,8 +85,8 @@ async def announcement(config: AgentConfig) -> dict[str, Any]:
     }
 
 
-async def ensure_registered(config: AgentConfig, client: CoordinatorClient, port: int) -> Identity:
-    body = await announcement(config)
+async def ensure_registered(config: AgentConfig, executor: Executor, client: CoordinatorClient, port: int) -> Identity:
+    body = await announcement(config, executor)
     body["port"] = port
     async for attempt in AsyncRetrying(
         retry=retry_if_exception(_transient),

@@ -16,7 +16,7 @@ import structlog
 
 from agent import logsink
 from agent.config import AgentConfig
-from agent.executors.base import Executor, ExecutorError, JobContext, OutputSink, StepContext
+from agent.executors.base import ExecutorError, JobContext, JobSteps, OutputSink, StepContext, StepFailed
 from agent.shipping import Outbox
 from agent.store import StoredJob
 from shared import protocol
@@ -41,7 +41,7 @@ def _now() -> str:
 
 
 class JobRunner:
-    def __init__(self, config: AgentConfig, executor: Executor, outbox: Outbox) -> None:
+    def __init__(self, config: AgentConfig, executor: JobSteps, outbox: Outbox) -> None:
         self.config = config
         self.executor = executor
         self.outbox = outbox
@@ -53,10 +53,14 @@ class JobRunner:
         bound = structlog.get_logger(__name__).bind(runner_id=job.assignment.runner_id, job_id=job.job_id)
         last_attempt = spec.retry_count + 1
         attempt = max(job.attempt, 0)
+        resume, job.resume_step = job.resume_step, None
+        if resume is not None:
+            attempt -= 1  # the attempt the previous agent process was running goes on
         outcome = Outcome("failed", reason="no attempt ran")
         while attempt < last_attempt:
             attempt += 1
-            outcome = await self._attempt(job, attempt, cancel_reason, bound)
+            outcome = await self._attempt(job, attempt, cancel_reason, bound, resume)
+            resume = None
             final = outcome.status in ("completed", "cancelled") or attempt >= last_attempt
             await self._report(job, attempt, outcome, final)
             if final:
@@ -64,9 +68,17 @@ class JobRunner:
             bound.info("job attempt failed; retrying", attempt=attempt, status=outcome.status)
         return outcome
 
-    async def _attempt(self, job: StoredJob, attempt: int, cancel_reason: dict[str, str], bound: Any) -> Outcome:
+    async def reattach(self, job: StoredJob) -> int | None:
+        """After a restart: the step to go on with when the executor re-attached to the job's running attempt."""
+        try:
+            return await self.executor.reattach(self._context(job, job.attempt))
+        except ExecutorError as e:
+            log.warning("could not re-attach to the job", job_id=job.job_id, error=str(e))
+            return None
+
+    def _context(self, job: StoredJob, attempt: int) -> JobContext:
         spec = job.assignment.spec
-        context = JobContext(
+        return JobContext(
             job_id=job.job_id,
             runner_id=job.assignment.runner_id,
             name=spec.name,
@@ -74,21 +86,33 @@ class JobRunner:
             workspace=self.config.workspaces / job.job_id / str(attempt),
             environment=self._job_environment(job, attempt),
             image=spec.image,
+            timeout=spec.timeout or self.config.job_timeout,
+            steps=list(spec.steps),
         )
+
+    async def _attempt(
+        self, job: StoredJob, attempt: int, cancel_reason: dict[str, str], bound: Any, resume: int | None = None
+    ) -> Outcome:
+        """One attempt; with ``resume``, the one a previous agent process started, from that step on (its start,
+        and the steps before it, were reported by that process)."""
+        spec = job.assignment.spec
+        context = self._context(job, attempt)
         logs = self._open_log(job, attempt)
-        await self.outbox.transition(
-            job.job_id,
-            "running",
-            attempt,
-            protocol.job_event(job.job_id, attempt, "running", _now()),
-            self._system(job.job_id, attempt, "info", f"Job started: {job.job_id} (attempt {attempt})"),
-        )
+        if resume is None:
+            await self.outbox.transition(
+                job.job_id,
+                "running",
+                attempt,
+                protocol.job_event(job.job_id, attempt, "running", _now()),
+                self._system(job.job_id, attempt, "info", f"Job started: {job.job_id} (attempt {attempt})"),
+            )
         timeout = spec.timeout or self.config.job_timeout
         outcome: Outcome | None = None
         try:
             async with asyncio.timeout(timeout) as deadline:
-                await self.executor.setup(context)
-                outcome = await self._steps(context, job, bound, deadline)
+                if resume is None:
+                    await self.executor.setup(context)
+                outcome = await self._steps(context, job, bound, deadline, first=resume or 0, announced=resume)
         except TimeoutError:
             outcome = Outcome("timed_out", reason=f"job exceeded its timeout of {timeout}s")
         except ExecutorError as e:
@@ -110,22 +134,37 @@ class JobRunner:
         assert outcome is not None  # every path that gets here set it
         return outcome
 
-    async def _steps(self, context: JobContext, job: StoredJob, bound: Any, deadline: asyncio.Timeout) -> Outcome:
+    async def _steps(
+        self,
+        context: JobContext,
+        job: StoredJob,
+        bound: Any,
+        deadline: asyncio.Timeout,
+        first: int = 0,
+        announced: int | None = None,
+    ) -> Outcome:
+        """The steps from ``first`` on; step ``announced`` was already reported as started."""
         for index, step in enumerate(job.assignment.spec.steps):
+            if index < first:
+                continue
             env = {**context.environment, **step.env, "RUSTCI_STEP_NAME": step.name}
-            self.outbox.emit_nowait(
-                self._step_event(context, index, step.name, "running"),
-                self._system(context.job_id, context.attempt, "info", f"Step started: {step.name}", step.name),
-            )
+            if index != announced:
+                self.outbox.emit_nowait(
+                    self._step_event(context, index, step.name, "running"),
+                    self._system(context.job_id, context.attempt, "info", f"Step started: {step.name}", step.name),
+                )
             started = time.monotonic()
+            failure: str | None = None
             try:
-                async with asyncio.timeout(step.timeout):
+                async with asyncio.timeout(self._step_bound(step.timeout)):
                     code: int | None = await self.executor.run_step(
                         context, StepContext(index, step, env), self._sink(context, step.name)
                     )
                 status = "completed" if code == 0 else "failed"
             except TimeoutError:
                 status, code = "timed_out", None
+            except StepFailed as e:
+                status, code, failure = "failed", e.exit_code, e.reason
             except (asyncio.CancelledError, ExecutorError) as e:
                 # The job ends here; record the step as such before the error travels on.
                 if isinstance(e, ExecutorError) or self._logs[(context.job_id, context.attempt)].failure:
@@ -142,8 +181,17 @@ class JobRunner:
                 continue
             if status == "timed_out":
                 return Outcome("timed_out", reason=f"step '{step.name}' exceeded its timeout of {step.timeout}s")
-            return Outcome("failed", exit_code=code, reason=f"step '{step.name}' failed with exit code {code}")
+            return Outcome(
+                "failed", exit_code=code, reason=failure or f"step '{step.name}' failed with exit code {code}"
+            )
         return Outcome("completed", exit_code=0)
+
+    def _step_bound(self, timeout: int | None) -> float | None:
+        """The runner's own bound on a step: its timeout, or for an executor that times steps itself a backstop
+        past it (the executor ends the step and says so first; this only catches an executor that hangs)."""
+        if timeout is None or not self.executor.times_steps:
+            return timeout
+        return timeout + self.config.kill_grace_period + 30
 
     def _finish_step(
         self, context: JobContext, index: int, name: str, status: str, code: int | None, started: float

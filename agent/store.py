@@ -53,6 +53,8 @@ class StoredJob:
     assignment: JobAssignment
     status: str
     attempt: int
+    resume_step: int | None = None
+    """Set after a restart when the executor re-attached to the running attempt: the step to go on with."""
 
 
 class AgentStore:

@@ -57,10 +57,16 @@ class Supervisor:
         return job.status
 
     async def resume(self, recover: Callable[[str], Awaitable[int]]) -> None:
-        """After a start: queue what was waiting; a job that was running when the agent died is retried if it
-        has attempts left, else it fails with the reason ``agent restarted``."""
+        """After a start: queue what was waiting; a job that was running when the agent died goes on where it was
+        when its executor can re-attach to it (its pod still runs), else it is retried if it has attempts left,
+        else it fails with the reason ``agent restarted``."""
         for job in await self._store.open_jobs():
             if job.status == "running":
+                job.resume_step = await self._runner.reattach(job)
+                if job.resume_step is not None:
+                    log.info("re-attached to a job left running", job_id=job.job_id, step=job.resume_step)
+                    self._queue.append(job)
+                    continue
                 ended = await recover(job.job_id)
                 if ended:
                     log.warning("ended processes left by the previous agent", job_id=job.job_id, processes=ended)

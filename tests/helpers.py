@@ -224,7 +224,7 @@ class ProcessMarker:
 
     ``marker.sleep(i)`` is the shell command ``sleep <token><i>``: whole seconds (eight digits, below 2**31, so
     busybox's ``sleep`` takes it too), about a year, so it never ends by itself. :meth:`alive` lists the live
-    processes whose command line holds one of those numbers: the sleeps and the step's shell that started them.
+    processes whose command line holds one of those numbers: the sleeps (a step's shell runs its script from a file).
     """
 
     def __init__(self) -> None:
@@ -401,3 +401,10 @@ class DialCounter:
         assert self._server is not None
         self._server.close()
         await self._server.wait_closed()
+
+
+async def job_output(api: Api, runner_id: str, job_id: str) -> list[str]:
+    """The job's stdout/stderr lines as the coordinator's logs API has them so far."""
+    status, body = await api.get(f"/runners/{runner_id}/logs?job_id={job_id}&limit=1000")
+    assert status == 200, body
+    return [e["message"] for e in body["logs"] if e["context"]["stream"] in ("stdout", "stderr")]

@@ -23,13 +23,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
 import shutil
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -39,8 +37,18 @@ import requests
 import structlog
 
 from agent.config import AgentConfig
-from agent.executors.base import ExecutorError, JobContext, OutputSink, StepContext, Stream
-from agent.executors.lines import LineSplitter, drain
+from agent.executors.base import (
+    ExecutorDefaults,
+    ExecutorError,
+    JobContext,
+    OutputSink,
+    StepContext,
+    Stream,
+)
+from agent.executors.lines import LineSplitter
+from agent.executors.quantities import memory_bytes, nano_cpus
+from agent.executors.scripts import write_step_script
+from shared.models import CapabilityState, HealthCheck
 
 log = structlog.get_logger(__name__)
 
@@ -54,11 +62,9 @@ LABEL_JOB, LABEL_ATTEMPT, LABEL_RUNNER = "rustci.job_id", "rustci.attempt", "rus
 
 # PID 1: sleeps until the container is removed; exits at once on SIGTERM (``docker stop``).
 KEEPALIVE = ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 3600 & wait; done"]
-# A step: ``$1`` is its command, ``$2`` its working directory. The step's shell is a child, so the wrapper is
+# A step: ``$1`` is its script file, ``$2`` its working directory. The step's shell is a child, so the wrapper is
 # still there when it exits to end what it left running (``kill -1`` spares PID 1 and the wrapper itself).
-STEP_WRAPPER = (
-    'mkdir -p -- "$2" && cd -- "$2" || exit 1; sh -c "$1"; status=$?; kill -s KILL -1 2>/dev/null; exit $status'
-)
+STEP_WRAPPER = 'mkdir -p -- "$2" && cd -- "$2" || exit 1; sh "$1"; status=$?; kill -s KILL -1 2>/dev/null; exit $status'
 # Variables the agent passes on from its own environment that describe this host, not the image: when a step
 # would get the agent's own value, the image's (or Docker's) applies instead.
 HOST_SPECIFIC = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "TMPDIR")
@@ -66,27 +72,57 @@ HOST_SPECIFIC = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "TMPDIR")
 WINDOW = 16
 # After SIGKILL, how long the step's output may stay open before it is abandoned.
 PIPE_DRAIN_TIMEOUT = 2.0
+# How long the engine's answer to a health check is reused (the status API may be asked often).
+HEALTH_TTL = 5.0
 
 Chunk = tuple[bytes | None, bytes | None]  # (stdout, stderr), as the SDK's demultiplexed stream yields them
 STREAMS: tuple[Stream, Stream] = ("stdout", "stderr")
 
 
-class DockerExecutor:
+class DockerExecutor(ExecutorDefaults):
     name = "docker"
+    runner_type = "docker"
 
     def __init__(self, config: AgentConfig) -> None:
         # The config object is the agent's own: image, limits and docker_config changed by SIGHUP or
         # PUT /config apply from the next job on.
-        self.config = config
-        self.kill_grace_period = config.kill_grace_period
-        self.max_line = config.max_log_line_bytes
+        super().__init__(config)
         self._api_version: str | None = None  # negotiated with the engine once, then reused
+        self._engine: tuple[float, str | None, str | None] = (-HEALTH_TTL, None, "not checked yet")
+        self._engine_lock = asyncio.Lock()
 
     # --- the protocol ----------------------------------------------------------------------------------------
 
     async def check(self) -> None:
         """Raise ExecutorError unless the Docker engine answers."""
         await self._call(lambda client: client.ping(), timeout=CHECK_TIMEOUT)
+
+    async def engine_version(self) -> tuple[str | None, str | None]:
+        """``(version, None)`` when the engine answers, else ``(None, reason)``; reused for a few seconds, and
+        concurrent callers share one question."""
+        async with self._engine_lock:
+            checked_at, version, error = self._engine
+            if time.monotonic() - checked_at >= HEALTH_TTL:
+                try:
+                    answer = await self._call(lambda client: client.version(), timeout=CHECK_TIMEOUT)
+                    version, error = str(answer.get("Version")), None
+                except ExecutorError as e:
+                    version, error = None, str(e)
+                self._engine = (time.monotonic(), version, error)
+            return version, error
+
+    async def health(self) -> dict[str, HealthCheck]:
+        version, error = await self.engine_version()
+        check = HealthCheck(status="pass", version=version) if version else HealthCheck(status="fail", error=error)
+        return {"docker_daemon": check}
+
+    async def capabilities(self) -> dict[str, CapabilityState]:
+        version, _ = await self.engine_version()
+        return {"docker": "available" if version else "unavailable"}
+
+    async def metadata(self) -> dict[str, str]:
+        version, _ = await self.engine_version()
+        return {"docker_version": version} if version else {}
 
     async def setup(self, job: JobContext) -> None:
         try:
@@ -106,7 +142,8 @@ class DockerExecutor:
     async def run_step(self, job: JobContext, step: StepContext, output: OutputSink) -> int:
         container = _container_name(job)
         workdir = f"{WORKSPACE}/{step.spec.working_directory}" if step.spec.working_directory else WORKSPACE
-        command = ["sh", "-c", STEP_WRAPPER, "rustci-step", step.spec.run, workdir]
+        script = await write_step_script(job.workspace, step)
+        command = ["sh", "-c", STEP_WRAPPER, "rustci-step", f"{WORKSPACE}/{script}", workdir]
         environment = _container_environment(step.environment)
         exec_id = await self._call(
             lambda client: client.api.exec_create(container, command, environment=environment, workdir=WORKSPACE)["Id"]
@@ -162,7 +199,7 @@ class DockerExecutor:
                 if data:
                     for line in splitters[stream].feed(data):
                         output(stream, line)
-            await drain(output)  # backpressure: the reader thread waits while the log pipeline is far behind
+            await output.drain()  # backpressure: the reader thread waits while the log pipeline is far behind
         for stream, splitter in splitters.items():
             for line in splitter.flush():
                 output(stream, line)
@@ -417,38 +454,3 @@ def _wrap(error: Exception, what: str) -> ExecutorError:
     if isinstance(error, docker.errors.DockerException | requests.exceptions.RequestException):
         return ExecutorError(f"{what}: {_explain(error)}")
     return ExecutorError(f"{what}: unexpected {type(error).__name__}: {error}")
-
-
-# --- resource quantities ---------------------------------------------------------------------------------------
-
-_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(m|k|K|M|G|T|Ki|Mi|Gi|Ti)?$")
-_FACTORS: dict[str | None, Decimal] = {
-    None: Decimal(1),
-    "m": Decimal("0.001"),
-    "k": Decimal(10**3),
-    "K": Decimal(10**3),
-    "M": Decimal(10**6),
-    "G": Decimal(10**9),
-    "T": Decimal(10**12),
-    "Ki": Decimal(2**10),
-    "Mi": Decimal(2**20),
-    "Gi": Decimal(2**30),
-    "Ti": Decimal(2**40),
-}
-
-
-def _quantity(text: str) -> Decimal:
-    match = _QUANTITY.match(text)
-    if match is None:
-        raise ValueError(f"not a quantity: {text!r}")
-    return Decimal(match.group(1)) * _FACTORS[match.group(2)]
-
-
-def nano_cpus(cpu_limit: str) -> int:
-    """``"2000m"`` or ``"2"`` CPUs → 2_000_000_000 (Docker's ``NanoCpus``)."""
-    return int(_quantity(cpu_limit) * 1_000_000_000)
-
-
-def memory_bytes(memory_limit: str) -> int:
-    """``"4Gi"`` → 4 * 1024**3, ``"1G"`` → 10**9 bytes."""
-    return int(_quantity(memory_limit))

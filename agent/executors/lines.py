@@ -13,8 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from agent.executors.base import OutputSink
-
 CONTINUED = " [continued]"
 
 
@@ -87,14 +85,3 @@ def _char_boundary(raw: bytes, cut: int, floor: int) -> int:
         if raw[candidate] & 0xC0 != 0x80:  # not a continuation byte: a character starts here
             return candidate
     return cut  # not UTF-8 anyway: any cut will do
-
-
-async def drain(output: OutputSink) -> None:
-    """Let the sink catch up; executors call this between chunks of a step's output.
-
-    A sink that buffers (the agent's log pipeline) makes the reader wait here once it is far enough behind:
-    a step printing faster than its log can be written is then slowed by the pipe, like a slow terminal
-    would slow it, instead of its output piling up in memory. A sink without ``drain`` never waits."""
-    wait = getattr(output, "drain", None)
-    if wait is not None:
-        await wait()

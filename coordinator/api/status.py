@@ -51,8 +51,8 @@ async def _ask_agent(request: web.Request, runner: RunnerRecord, kind: AgentCall
         return e
 
 
-def _uses_docker(runner: RunnerRecord) -> bool:
-    return runner.type == "docker" or "docker" in runner.capabilities
+# The check each runner type's executor adds to its health (the agent's answer lists them itself).
+EXECUTOR_CHECKS = {"docker": "docker_daemon", "kubernetes": "kubernetes_api", "native": "resource_limits"}
 
 
 # --- status ------------------------------------------------------------------------------------------------
@@ -121,8 +121,8 @@ async def runner_health(request: web.Request) -> web.Response:
         # Nothing on the host could be checked: say so rather than guess.
         checks = {"connectivity": HealthCheck(status="fail", response_time_ms=elapsed_ms, error=error)}
         unreachable = HealthCheck(status="unknown", error="the agent did not answer")
-        if _uses_docker(runner):
-            checks["docker_daemon"] = unreachable
+        if runner.type in EXECUTOR_CHECKS:
+            checks[EXECUTOR_CHECKS[runner.type]] = unreachable
         checks["disk_space"] = unreachable
         checks["memory"] = unreachable
     view = RunnerHealthView(runner_id=runner.id, health=overall_health(checks), checks=checks, last_check=utcnow())

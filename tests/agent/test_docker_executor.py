@@ -32,6 +32,7 @@ from tests.helpers import (
     ProcessMarker,
     agent_config_file,
     free_port,
+    job_output,
     submit_job,
     wait_for,
     wait_process_runner,
@@ -119,13 +120,6 @@ def _processes(container_id: str) -> str:
     with docker_support.client() as c:
         exec_id = c.api.exec_create(container_id, ["ps", "-o", "pid,args"])["Id"]
         return str(c.api.exec_start(exec_id).decode())
-
-
-async def job_output(api: Api, runner_id: str, job_id: str) -> list[str]:
-    """The job's stdout/stderr lines as the coordinator's logs API has them so far."""
-    status, body = await api.get(f"/runners/{runner_id}/logs?job_id={job_id}&limit=1000")
-    assert status == 200, body
-    return [e["message"] for e in body["logs"] if e["context"]["stream"] in ("stdout", "stderr")]
 
 
 def test_resource_quantities_become_docker_units() -> None:

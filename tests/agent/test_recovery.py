@@ -48,7 +48,7 @@ async def _crash_and_restart(
 ) -> DaemonProcess:
     proc.kill()  # SIGKILL (and reaped): no drain, no last report
     # The job's processes outlive the agent (they run in their own session): ending them is the new agent's job.
-    assert len(marker.alive()) == 4, marker.describe()
+    assert len(marker.alive()) == 3, marker.describe()
     again = launch()
     assert await wait_process_runner(api, again) == runner_id
     return again
@@ -72,7 +72,7 @@ async def test_after_a_crash_queued_jobs_run_and_the_running_job_fails_as_agent_
     await api.wait_job(runner_id, running, {"running"})
     queued = [await submit_job(api, runner_id, f"queued-{i}", "true") for i in range(2)]
     await _agent_queue(api, runner_id, 2)  # delivered: the agent holds them, not the coordinator
-    await marker.wait_running(4)
+    await marker.wait_running(3)
 
     proc = await _crash_and_restart(api, proc, launch, runner_id, marker)
 
@@ -96,7 +96,7 @@ async def test_after_a_crash_a_running_job_with_retries_left_runs_again_and_comp
     step = f'if [ "$RUSTCI_JOB_ATTEMPT" = 1 ]; then {marker.background()}; fi'
     job_id = await submit_job(api, runner_id, "retried", step, retry_count=1)
     await api.wait_job(runner_id, job_id, {"running"})
-    await marker.wait_running(4)
+    await marker.wait_running(3)
 
     proc = await _crash_and_restart(api, proc, launch, runner_id, marker)
 

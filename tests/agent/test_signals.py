@@ -71,7 +71,7 @@ async def test_a_second_sigterm_cancels_the_running_job_at_once(
     marker: ProcessMarker = process_marker()
     job_id = await submit_job(api, runner_id, "long", marker.background())
     await api.wait_job(runner_id, job_id, {"running"})
-    await marker.wait_running(4)
+    await marker.wait_running(3)
 
     proc.signal(signal.SIGTERM)
     await _logged(proc, "stopping gracefully")

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from agent import sysinfo
+from tests import docker_support
 from tests.conftest import CoordinatorHandle, StartAgent, coordinator_config, running_coordinator
 from tests.helpers import ISO_UTC_PATTERN, SilentChannel, assert_error, free_port, register_runner, wait_for
 
@@ -40,7 +41,12 @@ def no_docker(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 def _docker_running() -> bool:
-    return sysinfo.docker_version() is not None
+    return docker_support.docker_problem() is None
+
+
+def _docker_version() -> str:
+    with docker_support.client() as c:
+        return str(c.version()["Version"])
 
 
 # --- status --------------------------------------------------------------------------------------------------
@@ -168,8 +174,10 @@ async def test_health_of_a_live_agent(coordinator: CoordinatorHandle, start_agen
     assert body["runner_id"] == runner_id
     assert body["health"] == "healthy"
     checks = body["checks"]
-    # Not a Docker runner: no docker_daemon check at all.
-    assert set(checks) == {"connectivity", "disk_space", "memory"}
+    # A native runner: no docker_daemon check, but which resource limits it enforces.
+    assert set(checks) == {"connectivity", "disk_space", "memory", "resource_limits"}
+    assert checks["resource_limits"]["status"] == "pass"
+    assert checks["resource_limits"]["enforcement"] in ("cgroup-v2", "cgroup-v1", "setrlimit")
     assert checks["connectivity"]["status"] == "pass"
     assert 0 < checks["connectivity"]["response_time_ms"] < 2000
     disk_gb, memory_gb = sysinfo.free_gb(agent.config.workspaces)
@@ -221,10 +229,10 @@ async def test_health_of_an_unreachable_agent_is_unhealthy_not_an_error(coordina
 async def test_docker_capability_is_checked_against_the_daemon(
     coordinator: CoordinatorHandle, start_agent: StartAgent
 ) -> None:
-    agent = await start_agent(runner={"capabilities": ["shell", "docker"]})
+    agent = await start_agent(runner={"type": "docker", "capabilities": ["shell"]})
     runner_id = agent.identity().runner_id
     body = await _health(coordinator, runner_id)
-    assert body["checks"]["docker_daemon"] == {"status": "pass", "version": sysinfo.docker_version()}
+    assert body["checks"]["docker_daemon"] == {"status": "pass", "version": _docker_version()}
     assert body["health"] == "healthy"
     status = await _status(coordinator, runner_id)
     assert status["capabilities_status"] == {"shell": "available", "docker": "available"}
@@ -233,10 +241,11 @@ async def test_docker_capability_is_checked_against_the_daemon(
 async def test_docker_capability_without_a_daemon_is_unavailable(
     coordinator: CoordinatorHandle, start_agent: StartAgent, no_docker: None
 ) -> None:
-    agent = await start_agent(runner={"capabilities": ["shell", "docker"]})
+    agent = await start_agent(runner={"type": "docker", "capabilities": ["shell"]})
     runner_id = agent.identity().runner_id
+    await coordinator.api.wait_runner_status(runner_id, "error", timeout=10)  # it takes no jobs meanwhile
     status = await _status(coordinator, runner_id)
-    assert status["status"] == "active"
+    assert status["status"] == "error"
     assert status["capabilities_status"] == {"shell": "available", "docker": "unavailable"}
     assert status["health"] == "unhealthy"
     body = await _health(coordinator, runner_id)

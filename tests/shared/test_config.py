@@ -85,7 +85,7 @@ BAD_FILES: dict[str, tuple[str, str, list[str]]] = {
     "agent-runner-type": (
         "agent",
         "runner:\n  type: podman\n",
-        ["runner.type:", "'native'", "'docker'", "'kubernetes'", "'local'", "'podman'"],
+        ["runner.type:", "unknown executor 'podman'", "docker, kubernetes, local, native"],
     ),
     "agent-unknown-runner-key": (
         "agent",
@@ -107,10 +107,10 @@ BAD_FILES: dict[str, tuple[str, str, list[str]]] = {
         "cleanup_policy: sometimes\n",
         ["cleanup_policy:", "'always'", "'on_success'", "'never'"],
     ),
-    "agent-executor-not-built": (
+    "agent-executor-unusable": (
         "agent",
-        "runner:\n  type: kubernetes\n",
-        ["runner.type:", "'kubernetes' executor is not available", "allowed: native, local"],
+        "runner:\n  type: kubernetes\nkubernetes:\n  kubeconfig: /nonexistent/kubeconfig\n",
+        ["runner.type:", "/nonexistent/kubeconfig"],
     ),
 }
 
