@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from agent import executors
 from agent.coordinator_client import CoordinatorClient
 from agent.registration import RegistrationRefused, ensure_registered
 from shared.errors import AuthenticationRequired, InternalError, RateLimitExceeded, RunnerUnavailable
@@ -70,7 +71,7 @@ async def _register(tmp_path: Path, fake: _Scripted) -> tuple[str, list[float]]:
     await client.start()
     try:
         config = agent_config(tmp_path / "agent", f"http://127.0.0.1:{port}")
-        identity = await ensure_registered(config, client, 9999)
+        identity = await ensure_registered(config, executors.create(config), client, 9999)
         return identity.runner_id, fake.calls
     finally:
         await client.close()
@@ -90,7 +91,8 @@ async def test_registration_keeps_trying_while_the_coordinator_is_not_listening(
     client = CoordinatorClient(url, 1)
     await client.start()
     try:
-        task = asyncio.create_task(ensure_registered(agent_config(tmp_path / "agent", url), client, 9999))
+        config = agent_config(tmp_path / "agent", url)
+        task = asyncio.create_task(ensure_registered(config, executors.create(config), client, 9999))
         done, _ = await asyncio.wait([task], timeout=1.0)
         assert not done, f"registration gave up while the coordinator was unreachable: {task}"
         task.cancel()

@@ -326,3 +326,26 @@ async def test_the_readme_quick_start_runs(connected: Cli, start_agent: StartAge
             assert out.decode().splitlines() == ["Hello"]
         if command.startswith(".venv/bin/rustci runners list"):
             assert out.decode().split()[:4] == ["ID", "NAME", "TYPE", "STATUS"]
+
+
+async def test_a_job_routed_by_tags_is_followed_to_its_exit_code(connected: Cli, start_agent: StartAgent) -> None:
+    tagged = (await start_agent("tagged", runner={"name": "tagged", "tags": ["linux", "gpu"]})).identity().runner_id
+    await start_agent("plain", runner={"name": "plain", "tags": ["linux"]})
+    result = await connected(
+        "jobs",
+        "submit",
+        "--tag",
+        "linux",
+        "--tag",
+        "gpu",
+        "--name",
+        "routed",
+        "--step",
+        "s=echo routed; exit 3",
+        "--wait",
+    )
+    assert result.code == 3, result  # the failing step's exit code
+    assert result.out.splitlines() == ["routed"]
+    assert f"submitted to {tagged}" in result.err  # the only runner with both tags
+    both = await connected("jobs", "submit", "--runner", tagged, "--tag", "gpu", "--name", "x", "--step", "s=true")
+    one_line_error(both, "--runner or --tag")
