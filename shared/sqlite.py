@@ -3,11 +3,12 @@
 One connection lives on one dedicated thread. Each store operation is a plain function that runs there as a
 single transaction, so atomicity follows from the function boundary. Operations are not handed to the thread one
 by one: those asked for in one turn of the event loop (and those asked for while a hand-off is in flight) go to
-the thread together, in one hop, and run there in the order they were asked for, each still its own transaction
-with its own result or error. The hop (a thread wake-up and a loop wake-up, each taking the GIL) is what an
-operation used to cost, far more than its statements; now it is paid once per turn, however many jobs and
-events the turn touched (aiosqlite would pay it per statement). Whoever awaits an operation resumes only after
-its transaction committed, so "stored before acknowledged" holds as before.
+the thread together, in one hop, and run there in the order they were asked for; the writes share one
+transaction (one commit), each inside its own savepoint, so each still succeeds or fails alone with its own
+result or error. The hop (a thread wake-up and a loop wake-up, each taking the GIL) and the commit are what an
+operation used to cost, far more than its statements; now they are paid once per turn, however many jobs and
+events the turn touched (aiosqlite would pay a hop per statement). Whoever awaits an operation resumes only
+after its transaction committed, so "stored before acknowledged" holds as before.
 
 WAL with ``synchronous=NORMAL``: a committed transaction survives the process being killed (SIGKILL); a power
 loss may take the last few commits. That is the documented trade-off for an embedded CI store.
@@ -62,6 +63,13 @@ def _damage(path: Path, e: sqlite3.DatabaseError) -> DamagedState:
             path, f"cannot be opened ({text})", "check the owner, permissions and free space of its directory"
         )
     return DamagedState(path, f"is damaged ({text})", DAMAGED_ADVICE)
+
+
+def _outcome(runner: Callable[[Any], Any], argument: Any) -> tuple[bool, Any]:
+    try:
+        return True, runner(argument)
+    except Exception as e:  # handed back to the caller that asked for this operation
+        return False, e
 
 
 class Database:
@@ -158,15 +166,53 @@ class Database:
         done = loop.run_in_executor(self._executor, self._run_all, work)
         done.add_done_callback(lambda finished: self._settle(loop, items, finished))
 
-    @staticmethod
-    def _run_all(work: list[tuple[Callable[[Any], Any], Any]]) -> list[tuple[bool, Any]]:
-        """On the database thread: each queued call in order, its result or its error kept apart."""
+    def _run_all(self, work: list[tuple[Callable[[Any], Any], Any]]) -> list[tuple[bool, Any]]:
+        """On the database thread: each queued call in order, its result or its error kept apart. Two or more
+        writes share one transaction, each inside its own savepoint (see :meth:`_run_together`)."""
+        writes = sum(1 for runner, _ in work if runner == self._transact)
+        if writes < 2 or self._conn is None or self._problem is not None:
+            return [_outcome(runner, argument) for runner, argument in work]
+        return self._run_together(self._conn, work)
+
+    def _run_together(
+        self, conn: sqlite3.Connection, work: list[tuple[Callable[[Any], Any], Any]]
+    ) -> list[tuple[bool, Any]]:
+        """One ``BEGIN IMMEDIATE … COMMIT`` for the whole hand-off: one commit (one WAL append) instead of one per
+        write. A write that raises is rolled back to its savepoint and fails alone, as in its own transaction;
+        if the storage refuses the transaction itself (it is gone, or will not commit), every write of the
+        hand-off fails with that refusal and nothing of it is kept, so no caller is told "stored" for less."""
         outcomes: list[tuple[bool, Any]] = []
-        for runner, argument in work:
-            try:
-                outcomes.append((True, runner(argument)))
-            except Exception as e:  # handed back to the caller that asked for this operation
-                outcomes.append((False, e))
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for runner, argument in work:
+                if runner != self._transact:
+                    outcomes.append(_outcome(runner, argument))  # a read sees the writes asked for before it
+                    continue
+                conn.execute("SAVEPOINT operation")
+                try:
+                    value = argument(conn)
+                except Exception as e:
+                    if not conn.in_transaction:
+                        raise  # SQLite rolled the whole transaction back (disk full): the hand-off fails
+                    conn.execute("ROLLBACK TO operation")
+                    conn.execute("RELEASE operation")
+                    if isinstance(e, sqlite3.Error) and not isinstance(e, sqlite3.IntegrityError):
+                        self.errors += 1
+                        e = self._refused(e)
+                    outcomes.append((False, e))
+                    continue
+                conn.execute("RELEASE operation")
+                outcomes.append((True, value))
+            conn.execute("COMMIT")
+        except sqlite3.Error as e:
+            self.errors += 1
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            refused = self._refused(e)
+            ran = outcomes + [(False, refused)] * (len(work) - len(outcomes))
+            return [(False, refused) if runner == self._transact else ran[i] for i, (runner, _) in enumerate(work)]
+        self._problem = None
         return outcomes
 
     def _settle(

@@ -82,3 +82,16 @@ async def test_close_waits_for_what_was_queued_before_it(tmp_path: Path) -> None
     await asyncio.sleep(0)
     await database.close()
     assert await pending == 9
+
+
+async def test_writes_of_one_handoff_share_a_commit_and_a_failed_one_leaves_no_trace(db: Database) -> None:
+    def half_then_fail(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO items (n) VALUES (50)")
+        raise ValueError("changed its mind")
+
+    results = await asyncio.gather(
+        db.run(insert(40)), db.run(half_then_fail), db.run(insert(60)), return_exceptions=True
+    )
+    assert results[0] == 40 and results[2] == 60
+    assert isinstance(results[1], ValueError)
+    assert await db.read(numbers) == [40, 60]  # the failed write's own insert was rolled back with it
