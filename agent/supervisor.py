@@ -59,8 +59,13 @@ class Supervisor:
     async def resume(self, recover: Callable[[str], Awaitable[int]]) -> None:
         """After a start: queue what was waiting; a job that was running when the agent died goes on where it was
         when its executor can re-attach to it (its pod still runs), else it is retried if it has attempts left,
-        else it fails with the reason ``agent restarted``."""
+        else it fails with the reason ``agent restarted``. A job this supervisor already holds (queued or running)
+        is left as it is: the open job in the store is that same job, and starting it again would run its attempt
+        twice over one pod and one log."""
         for job in await self._store.open_jobs():
+            if self._holds(job.job_id):
+                log.warning("not resuming a job that is already held", job_id=job.job_id)
+                continue
             if job.status == "running":
                 job.resume_step = await self._runner.reattach(job)
                 if job.resume_step is not None:
@@ -75,6 +80,9 @@ class Supervisor:
                     continue
             self._queue.append(job)
         self._changed.set()
+
+    def _holds(self, job_id: str) -> bool:
+        return job_id in self._running or any(queued.job_id == job_id for queued in self._queue)
 
     async def _interrupted(self, job: StoredJob) -> None:
         final = job.attempt > job.assignment.spec.retry_count
@@ -134,6 +142,9 @@ class Supervisor:
         while True:
             while self.accepting and self._queue and len(self._running) < self.max_concurrent_jobs:
                 job = self._queue.popleft()
+                if job.job_id in self._running:  # one task per job: its attempt owns the job's pod, log and cursor
+                    log.error("job is already running; not starting it twice", job_id=job.job_id)
+                    continue
                 task = self._tasks.spawn(self._run_guarded(job), job.job_id)
                 self._running[job.job_id] = task
                 task.add_done_callback(functools.partial(self._finished, job.job_id))
