@@ -118,7 +118,9 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("post", "/runners/{runner_id}/restart", "Restart a runner", m.ControlResult, m.RestartRequest),
     Operation("post", "/runners/bulk", "Operate on many runners", m.BulkResult, m.BulkRequest),
     Operation("get", "/whoami", "Who the credential or dashboard session is", m.Identity),
-    Operation("post", "/session", "Sign in to the dashboard: the credential becomes a session cookie", m.Identity),
+    Operation(
+        "post", "/session", "Sign in to the dashboard: the credential becomes a session cookie", m.Identity, status=201
+    ),
     Operation("delete", "/session", "Sign out of the dashboard", m.Ok),
     Operation("post", "/tickets", "Get a single-use ticket to open a stream", m.TicketResponse, status=201),
     Operation(

@@ -31,3 +31,13 @@ async def test_a_runner_at_an_address_nothing_serves_answers_the_documented_503(
         status, body = await coordinator.api.request(method, f"/runners/{runner['runner_id']}/{path}")
         assert status == 503, (path, body)
         assert body["error"]["code"] == "RUNNER_UNAVAILABLE", body
+
+
+async def test_dashboard_sign_in_answers_the_documented_201(coordinator: CoordinatorHandle) -> None:
+    # Found: POST /session answered 201 while the document declared 200, so the body was checked as an error.
+    status, document = await coordinator.api.get("/openapi.json")
+    assert status == 200
+    declared = document["paths"]["/session"]["post"]["responses"]
+    status, body = await coordinator.api.post("/session", None)
+    assert status == 201 and str(status) in declared, (status, sorted(declared))
+    assert body["role"] == "admin"
