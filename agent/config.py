@@ -226,7 +226,9 @@ class AgentConfig(Settings):
 
     @property
     def workspaces(self) -> Path:
-        return self.workspace_root or self.state_dir / "workspaces"
+        """Absolute even when ``state_dir`` is relative (``make run`` keeps ``.rustci/``): a step runs in its
+        working directory, where a relative path to its workspace or its script no longer resolves."""
+        return (self.workspace_root or self.state_dir / "workspaces").absolute()
 
     @property
     def advertised_host(self) -> str:

@@ -234,3 +234,13 @@ async def test_the_port_from_the_environment_wins_over_the_file_in_a_real_coordi
     assert proc.alive()
     with socket.socket() as probe:
         assert probe.connect_ex(("127.0.0.1", file_port)) != 0, "the file's port must not be served"
+
+
+def test_workspaces_are_absolute_even_under_a_relative_state_dir() -> None:
+    # ``make run`` keeps its state in .rustci/; a step runs with its workspace as its working directory, so
+    # a relative workspace path (and the step script's path under it) would not resolve there.
+    from agent.config import AgentConfig
+
+    config = AgentConfig.model_validate({"state_dir": ".rustci/agent"})
+    assert config.workspaces.is_absolute()
+    assert config.workspaces == (Path(".rustci/agent") / "workspaces").absolute()
