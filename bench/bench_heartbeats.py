@@ -30,8 +30,8 @@ if __package__ in (None, ""):  # run as a script: make ``bench`` importable
 import aiohttp
 import psutil
 
-from bench.bench_reads import seed, start_bare, stop_bare, wrk
-from bench.common import API_KEY, HOST, REGISTRATION_KEY, Daemon, free_port, main_for, poll_until, ratio
+from bench.bench_reads import bench_coordinator, seed, start_bare, stop_bare, wrk
+from bench.common import HOST, free_port, main_for, poll_until, ratio
 
 
 def beat(interval: float) -> dict[str, Any]:
@@ -93,19 +93,7 @@ def start_profiler(pid: int, seconds: float, path: Path) -> subprocess.Popen[byt
 async def measure(args: argparse.Namespace) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="rustci-bench-heartbeats-"))
     port, bare_port = free_port(), free_port()
-    coordinator = Daemon(
-        "coordinator",
-        {
-            "RUSTCI_STATE_DIR": str(root / "state"),
-            "RUSTCI_LISTEN_HOST": HOST,
-            "RUSTCI_LISTEN_PORT": str(port),
-            "RUSTCI_API_KEY": API_KEY,
-            "RUSTCI_REGISTRATION_KEY": REGISTRATION_KEY,
-            "RUSTCI_LOG_LEVEL": "warning",
-            "RUSTCI_RATE_LIMITS_ENABLED": "false",
-        },
-        root / "coordinator.log",
-    )
+    coordinator = bench_coordinator(root, port)
     bare = start_bare(bare_port)
     try:
         runners = await asyncio.to_thread(seed, root / "state" / "coordinator.db", args.runners, args.interval, True)

@@ -111,6 +111,23 @@ def seed(database: Path, count: int, interval: float = 3600.0, all_active: bool 
     return asyncio.run(go())
 
 
+def bench_coordinator(root: Path, port: int) -> Daemon:
+    """A coordinator subprocess on ``port`` with its state under ``root`` (seed its database before start)."""
+    return Daemon(
+        "coordinator",
+        {
+            "RUSTCI_STATE_DIR": str(root / "state"),
+            "RUSTCI_LISTEN_HOST": HOST,
+            "RUSTCI_LISTEN_PORT": str(port),
+            "RUSTCI_API_KEY": API_KEY,
+            "RUSTCI_REGISTRATION_KEY": REGISTRATION_KEY,
+            "RUSTCI_LOG_LEVEL": "warning",
+            "RUSTCI_RATE_LIMITS_ENABLED": "false",
+        },
+        root / "coordinator.log",
+    )
+
+
 def start_bare(port: int) -> subprocess.Popen[bytes]:
     """The baseline: a bare aiohttp JSON handler in its own process."""
     return subprocess.Popen([sys.executable, "-c", BARE, str(port)], stdout=subprocess.DEVNULL)
@@ -170,19 +187,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         raise BenchError("wrk is not installed (Debian: apt-get install wrk)")
     root = Path(tempfile.mkdtemp(prefix="rustci-bench-reads-"))
     port, bare_port = free_port(), free_port()
-    coordinator = Daemon(
-        "coordinator",
-        {
-            "RUSTCI_STATE_DIR": str(root / "state"),
-            "RUSTCI_LISTEN_HOST": HOST,
-            "RUSTCI_LISTEN_PORT": str(port),
-            "RUSTCI_API_KEY": API_KEY,
-            "RUSTCI_REGISTRATION_KEY": REGISTRATION_KEY,
-            "RUSTCI_LOG_LEVEL": "warning",
-            "RUSTCI_RATE_LIMITS_ENABLED": "false",
-        },
-        root / "coordinator.log",
-    )
+    coordinator = bench_coordinator(root, port)
     bare = start_bare(bare_port)
     try:
         started = time.perf_counter()
