@@ -24,6 +24,7 @@ from agent.daemon import Agent
 from coordinator import keys, tls
 from coordinator.app import make_app
 from coordinator.config import CoordinatorConfig
+from tests import postgres_support
 from tests.helpers import Api, DaemonProcess, ProcessMarker, free_port, wait_for
 
 API_KEY = "test-admin-key-0123456789abcdef"
@@ -282,3 +283,17 @@ def process_marker() -> Iterator[Callable[[], ProcessMarker]]:
     finally:
         for marker in markers:
             marker.kill()
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[postgres_support.Cluster]:
+    """One real PostgreSQL server for the whole session, started on first use (``tests/postgres_support.py``)."""
+    postgres_support.require_postgres()
+    with postgres_support.cluster() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_url(postgres_cluster: postgres_support.Cluster) -> str:
+    """A fresh, empty database on the session's server, as the ``postgresql://`` URL ``database`` takes."""
+    return postgres_cluster.create_database()
