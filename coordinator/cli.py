@@ -45,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     create = key.add_parser("create", help="print a new API key and the config entry that enables it")
     create.add_argument("--name", required=True, help="who holds the key (shown in the audit trail)")
     create.add_argument("--role", choices=config_module.KEY_ROLES, required=True, help=ROLES_HELP)
+    migrate = commands.add_parser(
+        "migrate-store", help="copy this coordinator's SQLite store into an empty PostgreSQL database"
+    )
+    migrate.add_argument("--to", required=True, metavar="postgresql://USER[:PASSWORD]@HOST:PORT/DB")
     args = parser.parse_args(argv)
     if args.command == "key":
         try:
@@ -83,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
         return 0
+    if args.command == "migrate-store":
+        return _migrate_store(config, args.to)
     logs.configure(config.log.level, config.log.format, component="coordinator")  # type: ignore[arg-type]
     log = structlog.get_logger("coordinator")
     try:
@@ -131,6 +137,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rustci-coordinator: {e}", file=sys.stderr)
         return EXIT_DAMAGED_STATE
     log.info("coordinator stopped")
+    return 0
+
+
+def _migrate_store(config: config_module.CoordinatorConfig, target: str) -> int:
+    from coordinator import migrate_store
+
+    if not target.startswith(("postgresql://", "postgres://")):
+        print("rustci-coordinator: --to must be a postgresql://USER[:PASSWORD]@HOST:PORT/DB URL", file=sys.stderr)
+        return 2
+    try:
+        copied = asyncio.run(migrate_store.migrate(config, target))
+    except (migrate_store.MigrationRefused, DamagedState) as e:
+        print(f"rustci-coordinator: {e}", file=sys.stderr)
+        return 1
+    for table, rows in copied.rows.items():
+        print(f"{table}: {rows} rows")
+    print(f"generated keys: {', '.join(copied.keys) or 'none (configured in the config file)'}")
     return 0
 
 
