@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import structlog
@@ -86,6 +86,8 @@ class LogFeed:
         self.queue_limit = queue_limit
         self._followers: dict[str, set[Follower]] = {}
         self.closed = False
+        self.listeners: list[Callable[[str, Sequence[AgentEvent]], None]] = []
+        """Called with every batch stored, followers or not (log retention counts what was written)."""
 
     @property
     def follower_count(self) -> int:
@@ -93,6 +95,8 @@ class LogFeed:
 
     def publish(self, runner_id: str, events: Sequence[AgentEvent]) -> None:
         """Hand the log entries of a batch just stored to the runner's followers (resent ones are harmless)."""
+        for listener in self.listeners:
+            listener(runner_id, events)
         followers = self._followers.get(runner_id)
         if not followers:
             return

@@ -107,6 +107,23 @@ def write(conn: sqlite3.Connection, runner_id: str, entries: list[LogEntry]) -> 
         conn.executemany(f"INSERT INTO log_chunks ({CHUNK_COLUMNS}) VALUES ({marks})", [c.row(runner_id) for c in new])
 
 
+def _drop_oldest(conn: sqlite3.Connection, rows: Sequence[sqlite3.Row], excess: int, dropped: Dropped) -> int:
+    """Delete chunks from the front of ``rows`` (runner_id, first_seq, bytes; oldest first) until at least
+    ``excess`` bytes are gone; returns how many bytes were."""
+    doomed: list[tuple[str, int]] = []
+    freed = 0
+    for runner_id, first_seq, size in rows:
+        if freed >= excess:
+            break
+        doomed.append((runner_id, first_seq))
+        freed += int(size)
+    if doomed:
+        conn.executemany("DELETE FROM log_chunks WHERE runner_id = ? AND first_seq = ?", doomed)
+        dropped.chunks += len(doomed)
+        dropped.bytes += freed
+    return freed
+
+
 # --- schema migration 7: one row per entry → chunks -----------------------------------------------------------
 
 CHUNK_SCHEMA = """
@@ -126,7 +143,8 @@ CHUNK_SCHEMA = """
         PRIMARY KEY (runner_id, first_seq)
     );
     CREATE INDEX log_chunks_last ON log_chunks(runner_id, last_seq);
-    CREATE INDEX log_chunks_job ON log_chunks(job_id, first_seq)
+    CREATE INDEX log_chunks_job ON log_chunks(job_id, first_seq);
+    CREATE INDEX log_chunks_age ON log_chunks(last_ts)
 """
 """The table (see ``coordinator.store.chunks`` for what each column means)."""
 
@@ -207,6 +225,42 @@ class LogStore:
             return take(_chunks(rows), where, limit, oldest_first=True, after_seq=seq)
 
         return await self._db.read(op)
+
+    async def enforce(self, max_per_job: int | None, max_total: int | None, jobs: Iterable[str] | None) -> Dropped:
+        """Delete whole chunks, oldest first, until each job in ``jobs`` (``None``: every job) keeps at most
+        ``max_per_job`` bytes and all logs together at most ``max_total``."""
+        wanted = None if jobs is None else sorted(set(jobs))
+
+        def op(conn: sqlite3.Connection) -> Dropped:
+            dropped = Dropped()
+            if max_per_job is not None:
+                if wanted is None:
+                    over = conn.execute(
+                        "SELECT job_id FROM log_chunks WHERE job_id IS NOT NULL GROUP BY job_id HAVING SUM(bytes) > ?",
+                        (max_per_job,),
+                    ).fetchall()
+                    candidates = [str(row[0]) for row in over]
+                else:
+                    candidates = wanted
+                for job_id in candidates:
+                    rows = conn.execute(
+                        "SELECT runner_id, first_seq, bytes FROM log_chunks WHERE job_id = ? ORDER BY first_seq",
+                        (job_id,),
+                    ).fetchall()
+                    _drop_oldest(conn, rows, sum(int(r[2]) for r in rows) - max_per_job, dropped)
+                    dropped.jobs.add(job_id)
+            if max_total is not None:
+                total = int(conn.execute("SELECT COALESCE(SUM(bytes), 0) FROM log_chunks").fetchone()[0])
+                while total > max_total:
+                    rows = conn.execute(
+                        "SELECT runner_id, first_seq, bytes FROM log_chunks ORDER BY last_ts, first_seq LIMIT 256"
+                    ).fetchall()
+                    if not rows:
+                        break
+                    total -= _drop_oldest(conn, rows, total - max_total, dropped)
+            return dropped
+
+        return await self._db.run(op)
 
     async def last_seq(self, runner_id: str) -> int:
         def op(conn: sqlite3.Connection) -> int:
