@@ -31,7 +31,7 @@ from aiohttp_sse import EventSourceResponse, sse_response
 
 from coordinator import keys
 from coordinator.store.base import Store
-from coordinator.store.logs import PAGE, LogEntry, LogFilter, LogStore, log_entries
+from coordinator.store.logs import PAGE, LogEntry, LogFilter, LogQueries, log_entries, log_queries
 from shared.http import dumps
 from shared.models import TERMINAL_JOB_STATUSES, AgentEvent, JobEvent
 
@@ -158,7 +158,7 @@ async def follow(
     try:
         async with sse_response(request, sep="\n", ping_interval=keepalive) as response:
             store = request.app[keys.STORE]
-            stream = _Stream(response, follower, LogStore.of(store), store, runner_id, where)
+            stream = _Stream(response, follower, log_queries(store), store, runner_id, where)
             with contextlib.suppress(ConnectionResetError):  # the client went away mid-write
                 await stream.backlog(start)
                 await stream.live(request, keepalive)
@@ -172,7 +172,7 @@ class _Stream:
         self,
         response: EventSourceResponse,
         follower: Follower,
-        store: LogStore,
+        store: LogQueries,
         jobs: Store,
         runner_id: str,
         where: LogFilter,

@@ -42,8 +42,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from operator import itemgetter
+from typing import Any, Protocol
 
 from shared.timeutil import from_epoch, isoformat
 
@@ -84,12 +85,16 @@ class LogEntry:
 
 # --- the codec ---------------------------------------------------------------------------------------------
 
+Row = list[Any]
+"""One entry as a chunk body holds it: ``[seq, ts, level, stream, attempt, message]``."""
+
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False).encode
+_ts, _level, _message = itemgetter(1), itemgetter(2), itemgetter(5)
 
 
-def encode(entries: Sequence[LogEntry]) -> str:
-    """The body of a chunk holding ``entries`` (in sequence order)."""
-    return _dumps([[e.seq, e.ts, e.level, e.stream, e.attempt, e.message] for e in entries])
+def encode(rows: Sequence[Row]) -> str:
+    """The body of a chunk holding ``rows`` (in sequence order)."""
+    return _dumps(rows)
 
 
 def decode(body: str, job_id: str | None, step: str | None) -> list[LogEntry]:
@@ -98,6 +103,10 @@ def decode(body: str, job_id: str | None, step: str | None) -> list[LogEntry]:
         LogEntry(seq, ts, level, message, job_id, step, stream, attempt)
         for seq, ts, level, stream, attempt, message in json.loads(body)
     ]
+
+
+def row_of(entry: LogEntry) -> Row:
+    return [entry.seq, entry.ts, entry.level, entry.stream, entry.attempt, entry.message]
 
 
 def utf8_size(text: str) -> int:
@@ -121,28 +130,35 @@ class Chunk:
     body: str
 
     @classmethod
-    def of(cls, entries: Sequence[LogEntry]) -> Chunk:
-        """The chunk of ``entries``: consecutive entries of one job and one step, in sequence order."""
-        body = encode(entries)
-        times = [e.ts for e in entries]
-        levels = [e.level for e in entries]
-        first = entries[0]
+    def of(cls, job_id: str | None, step: str | None, rows: Sequence[Row]) -> Chunk:
+        """The chunk of consecutive entries of one job and one step (``rows``, in sequence order)."""
+        body = encode(rows)
+        times = list(map(_ts, rows))
+        levels = list(map(_level, rows))
         return cls(
-            first.seq,
-            entries[-1].seq,
-            first.job_id,
-            first.step,
+            rows[0][0],
+            rows[-1][0],
+            job_id,
+            step,
             min(times),
             max(times),
             min(levels),
             max(levels),
-            len(entries),
+            len(rows),
             utf8_size(body),
             body,
         )
 
+    @classmethod
+    def of_entries(cls, entries: Sequence[LogEntry]) -> Chunk:
+        return cls.of(entries[0].job_id, entries[0].step, [row_of(e) for e in entries])
+
     def entries(self) -> list[LogEntry]:
         return decode(self.body, self.job_id, self.step)
+
+    def rows(self) -> list[Row]:
+        rows: list[Row] = json.loads(self.body)
+        return rows
 
     def row(self, runner_id: str) -> tuple[Any, ...]:
         """The values for ``INSERT INTO log_chunks (CHUNK_COLUMNS)``."""
@@ -168,38 +184,58 @@ SELECT_CHUNK = ", ".join(CHUNK_FIELDS)
 """The columns to select for :func:`Chunk` ``(*row)``."""
 
 
-def chunked(entries: Iterable[LogEntry], after: Chunk | None = None) -> tuple[Chunk | None, list[Chunk]]:
-    """Group entries (in sequence order, all past ``after``) into chunks: a new chunk begins where the job or
-    the step changes or the current one is full. The first entries go into ``after`` (the runner's newest
-    chunk) if they fit it and it is small (:data:`APPEND_BELOW_BYTES`).
+@dataclass(slots=True)
+class Run:
+    """Consecutive entries of one job and one step, as rows: what a batch is cut into before chunking."""
+
+    job_id: str | None
+    step: str | None
+    rows: list[Row]
+
+
+def runs(entries: Iterable[LogEntry]) -> list[Run]:
+    """Entries (in sequence order) cut where the job or the step changes."""
+    found: list[Run] = []
+    for entry in entries:
+        if not found or (found[-1].job_id, found[-1].step) != (entry.job_id, entry.step):
+            found.append(Run(entry.job_id, entry.step, []))
+        found[-1].rows.append(row_of(entry))
+    return found
+
+
+def chunked(batch: Sequence[Run], after: Chunk | None = None) -> tuple[Chunk | None, list[Chunk]]:
+    """Chunks of the runs of a batch (in sequence order, all past ``after``): one run is one chunk, or several
+    where it is full (:data:`CHUNK_MAX_LINES`, about :data:`CHUNK_MAX_BYTES`). The first run is appended to
+    ``after`` (the runner's newest chunk) if it has the same job and step and that chunk is still small
+    (:data:`APPEND_BELOW_BYTES`).
 
     Returns ``after`` grown (``None`` if nothing was added to it) and the new chunks."""
-    groups: list[list[LogEntry]] = []
-    current: list[LogEntry] = []
-    size = 0
-    grown: list[LogEntry] = []
-    if after is not None and after.bytes < APPEND_BELOW_BYTES and after.line_count < CHUNK_MAX_LINES:
-        grown = after.entries()
-        current, size = grown, after.bytes
-    for entry in entries:
-        if current and (
-            entry.job_id != current[0].job_id
-            or entry.step != current[0].step
-            or len(current) >= CHUNK_MAX_LINES
-            or size >= CHUNK_MAX_BYTES
-        ):
-            groups.append(current)
-            current, size = [], 0
-        current.append(entry)
-        size += len(entry.message) + 40  # about the encoded size; the exact one is measured once encoded
-    if current:
-        groups.append(current)
+    pending = list(batch)
     extended: Chunk | None = None
-    if grown and groups and groups[0] is grown:
-        groups.pop(0)
-        if after is not None and len(grown) > after.line_count:
-            extended = Chunk.of(grown)
-    return extended, [Chunk.of(group) for group in groups]
+    if (
+        pending
+        and after is not None
+        and after.bytes < APPEND_BELOW_BYTES
+        and after.line_count < CHUNK_MAX_LINES
+        and (after.job_id, after.step) == (pending[0].job_id, pending[0].step)
+    ):
+        first = pending.pop(0)
+        room = CHUNK_MAX_LINES - after.line_count
+        extended = Chunk.of(after.job_id, after.step, after.rows() + first.rows[:room])
+        if len(first.rows) > room:
+            pending.insert(0, Run(first.job_id, first.step, first.rows[room:]))
+    made: list[Chunk] = []
+    for run in pending:
+        rows = run.rows
+        # Lines per chunk from the run's average message size, so a chunk's body is about CHUNK_MAX_BYTES.
+        average = sum(map(len, map(_message, rows))) // len(rows) + ROW_OVERHEAD
+        per_chunk = max(1, min(CHUNK_MAX_LINES, CHUNK_MAX_BYTES // average))
+        made.extend(Chunk.of(run.job_id, run.step, rows[i : i + per_chunk]) for i in range(0, len(rows), per_chunk))
+    return extended, made
+
+
+ROW_OVERHEAD = 40
+"""About the encoded size of a row besides its message (seq, timestamp, level, stream, attempt, brackets)."""
 
 
 # --- filters -----------------------------------------------------------------------------------------------
@@ -293,3 +329,46 @@ def take(
 def count_partial(chunks: Iterable[Chunk], where: LogFilter) -> int:
     """Matching entries in candidate chunks that are not whole (decoded one by one)."""
     return sum(1 for chunk in chunks for entry in chunk.entries() if where.matches(entry))
+
+
+@dataclass
+class LogPage:
+    entries: list[LogEntry]
+    total_count: int
+    """Entries matching the filter, returned or not."""
+
+    @property
+    def has_more(self) -> bool:
+        return self.total_count > len(self.entries)
+
+
+@dataclass
+class Dropped:
+    """What one retention pass deleted."""
+
+    chunks: int = 0
+    bytes: int = 0
+    jobs: set[str] = field(default_factory=set)
+
+
+# --- what an engine offers ----------------------------------------------------------------------------------
+
+
+class LogQueries(Protocol):
+    """The log queries a store engine answers (``coordinator.store.logs.LogStore`` for SQLite). An engine's
+    store exposes them as its ``logs`` attribute; writing happens inside the engine's ``apply_events``."""
+
+    async def page(self, runner_id: str, where: LogFilter, limit: int, oldest_first: bool) -> LogPage:
+        """The first ``limit`` matching entries (``oldest_first``) or the last ``limit``, in order, with the
+        count of all matching entries (``LogPage``)."""
+        ...
+
+    async def after(self, runner_id: str, where: LogFilter, seq: int, limit: int) -> list[LogEntry]:
+        """Matching entries past sequence ``seq``, oldest first, at most ``limit``."""
+        ...
+
+    async def last_seq(self, runner_id: str) -> int: ...
+
+    async def enforce(self, max_per_job: int | None, max_total: int | None, jobs: Iterable[str] | None) -> Dropped:
+        """Delete whole chunks, oldest first, until the limits hold (``jobs``: only these; ``None``: all)."""
+        ...

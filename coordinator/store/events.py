@@ -8,10 +8,11 @@ and the mark advances in the same transaction, so resending is always safe.
 from __future__ import annotations
 
 import sqlite3
+from datetime import datetime
 
 from coordinator.store import logs
 from coordinator.store.base import StatusChange
-from coordinator.store.chunks import LogEntry
+from coordinator.store.chunks import LEVELS, Run
 from shared.models import TERMINAL_JOB_STATUSES, AgentEvent, JobEvent, StepEvent
 
 
@@ -22,7 +23,9 @@ def apply(conn: sqlite3.Connection, runner_id: str, events: list[AgentEvent]) ->
         return None
     mark = int(row["event_seq"])
     changes: list[StatusChange] = []
-    entries: list[LogEntry] = []
+    runs: list[Run] = []  # the log entries, cut where the job or step changes
+    run = Run(None, None, [])
+    epoch = _EpochSeconds()
     for event in sorted(events, key=lambda e: e.seq):
         if event.seq <= mark:
             continue
@@ -33,11 +36,31 @@ def apply(conn: sqlite3.Connection, runner_id: str, events: list[AgentEvent]) ->
         elif isinstance(event, StepEvent):
             _apply_step_event(conn, runner_id, event)
         else:
-            entries.append(logs.entry_of(event))
+            if not runs or event.job_id != run.job_id or event.step != run.step:
+                run = Run(event.job_id, event.step, [])
+                runs.append(run)
+            run.rows.append(
+                [event.seq, epoch(event.at), LEVELS[event.level], event.stream, event.attempt, event.message]
+            )
         mark = event.seq
-    logs.write(conn, runner_id, entries)  # as chunks: see coordinator.store.chunks
+    logs.write(conn, runner_id, runs)  # as chunks: see coordinator.store.chunks
     conn.execute("UPDATE runners SET event_seq = ? WHERE id = ?", (mark, runner_id))
     return mark, changes
+
+
+class _EpochSeconds:
+    """``datetime.timestamp()`` for the many entries of a batch: the start of each hour is converted once (an
+    aware datetime's own conversion asks its time zone for the offset every time, several times the cost)."""
+
+    def __init__(self) -> None:
+        self._hours: dict[tuple[int, int, int, int, int], float] = {}
+
+    def __call__(self, at: datetime) -> float:
+        key = (id(at.tzinfo), at.year, at.month, at.day, at.hour)
+        base = self._hours.get(key)
+        if base is None:
+            base = self._hours[key] = at.replace(minute=0, second=0, microsecond=0).timestamp()
+        return base + at.minute * 60 + at.second + at.microsecond / 1e6
 
 
 def _apply_job_event(conn: sqlite3.Connection, runner_id: str, event: JobEvent) -> StatusChange | None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 
 from coordinator.store.chunks import (
     APPEND_BELOW_BYTES,
@@ -23,16 +22,31 @@ from coordinator.store.chunks import (
     LEVELS,
     SELECT_CHUNK,
     Chunk,
+    Dropped,
     LogEntry,
     LogFilter,
+    LogPage,
+    LogQueries,
+    Run,
     chunked,
     count_partial,
+    runs,
     take,
 )
 from shared.models import AgentEvent, LogEvent
 from shared.sqlite import Database
 
-__all__ = ["PAGE", "LogEntry", "LogFilter", "LogPage", "LogStore", "entry_of", "log_entries"]
+__all__ = [
+    "PAGE",
+    "LogEntry",
+    "LogFilter",
+    "LogPage",
+    "LogQueries",
+    "LogStore",
+    "entry_of",
+    "log_entries",
+    "log_queries",
+]
 
 PAGE = 1000
 """Entries read at a time when a follower catches up."""
@@ -57,45 +71,25 @@ def log_entries(events: Sequence[AgentEvent]) -> list[LogEntry]:
     return [entry_of(event) for event in events if isinstance(event, LogEvent)]
 
 
-@dataclass
-class LogPage:
-    entries: list[LogEntry]
-    total_count: int
-    """Entries matching the filter, returned or not."""
-
-    @property
-    def has_more(self) -> bool:
-        return self.total_count > len(self.entries)
-
-
-@dataclass
-class Dropped:
-    """What one retention pass deleted."""
-
-    chunks: int = 0
-    bytes: int = 0
-    jobs: set[str] = field(default_factory=set)
-
-
 # --- writing (inside the transaction that applies a batch) -------------------------------------------------
 
 
-def write(conn: sqlite3.Connection, runner_id: str, entries: list[LogEntry]) -> None:
-    """Store entries (in sequence order, all past what the runner's chunks hold) as chunks."""
-    if not entries:
+def write(conn: sqlite3.Connection, runner_id: str, batch: list[Run]) -> None:
+    """Store the runs of a batch (in sequence order, all past what the runner's chunks hold) as chunks."""
+    if not batch:
         return
     newest = conn.execute(
         "SELECT first_seq, bytes, job_id, step FROM log_chunks WHERE runner_id = ? ORDER BY first_seq DESC LIMIT 1",
         (runner_id,),
     ).fetchone()
     after = None
-    first = entries[0]
+    first = batch[0]
     if newest is not None and newest[1] < APPEND_BELOW_BYTES and (newest[2], newest[3]) == (first.job_id, first.step):
         row = conn.execute(
             f"SELECT {SELECT_CHUNK} FROM log_chunks WHERE runner_id = ? AND first_seq = ?", (runner_id, newest[0])
         ).fetchone()
         after = Chunk(*row)
-    extended, new = chunked(entries, after)
+    extended, new = chunked(batch, after)
     if extended is not None:
         sets = ", ".join(f"{name} = ?" for name in CHUNK_FIELDS[1:])
         conn.execute(
@@ -165,7 +159,7 @@ def migrate_to_chunks(conn: sqlite3.Connection) -> None:
             ).fetchall()
             if not rows:
                 break
-            write(conn, runner_id, [LogEntry(*row) for row in rows])
+            write(conn, runner_id, runs(LogEntry(*row) for row in rows))
             last = int(rows[-1][0])
     conn.execute("DROP TABLE log_entries")
 
@@ -175,6 +169,15 @@ def migrate_to_chunks(conn: sqlite3.Connection) -> None:
 
 def _chunks(cursor: Iterable[sqlite3.Row]) -> Iterator[Chunk]:
     return (Chunk(*row) for row in cursor)
+
+
+def log_queries(store: object) -> LogQueries:
+    """The log queries of a store: its ``logs`` attribute if it has one (another engine), else the SQLite ones
+    on its database (``SqliteStore``)."""
+    queries = getattr(store, "logs", None)
+    if queries is not None:
+        return queries  # type: ignore[no-any-return]
+    return LogStore.of(store)
 
 
 class LogStore:

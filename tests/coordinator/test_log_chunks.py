@@ -327,7 +327,7 @@ def test_a_body_decodes_to_the_entries_it_was_made_of() -> None:
         ),
         LogEntry(5, T0 + 1.0, 40, "", "job_1", "build", "system", None),
     ]
-    chunk = chunks.Chunk.of(entries)
+    chunk = chunks.Chunk.of_entries(entries)
     assert chunk.entries() == entries
     assert (chunk.first_seq, chunk.last_seq, chunk.line_count) == (1, 5, 3)
     assert (chunk.first_ts, chunk.last_ts, chunk.min_level, chunk.max_level) == (T0 + 0.125, T0 + 1.0, 20, 40)
@@ -341,7 +341,7 @@ def test_chunks_end_where_the_job_or_step_changes_or_they_are_full() -> None:
 
     entries = [entry(s, "a", "one") for s in range(1, 4)] + [entry(4, "a", "two"), entry(5, "b", "two")]
     entries += [entry(s, None, None) for s in range(6, 6 + CHUNK_MAX_LINES + 1)]
-    grown, made = chunks.chunked(entries)
+    grown, made = chunks.chunked(chunks.runs(entries))
     assert grown is None
     assert [(c.first_seq, c.last_seq, c.job_id, c.step) for c in made] == [
         (1, 3, "a", "one"),
@@ -351,12 +351,14 @@ def test_chunks_end_where_the_job_or_step_changes_or_they_are_full() -> None:
         (6 + CHUNK_MAX_LINES, 6 + CHUNK_MAX_LINES, None, None),
     ]
     # A small newest chunk of the same job and step grows instead.
-    grown, made = chunks.chunked([entry(100, "a", "one")], after=made[0])
+    grown, made = chunks.chunked(chunks.runs([entry(100, "a", "one")]), after=made[0])
     assert made == [] and grown is not None and [e.seq for e in grown.entries()] == [1, 2, 3, 100]
 
 
 def test_a_filter_judges_chunks_from_their_index_columns() -> None:
-    chunk = chunks.Chunk.of([LogEntry(s, T0 + s, 20 + 10 * (s % 2), "m", "j", "s", "stdout", 1) for s in range(10)])
+    chunk = chunks.Chunk.of_entries(
+        [LogEntry(s, T0 + s, 20 + 10 * (s % 2), "m", "j", "s", "stdout", 1) for s in range(10)]
+    )
     where = LogFilter(since=T0 + 5, min_level=30)
     assert where.filters_lines
     assert [e.seq for e in chunks.take([chunk], where, 10, oldest_first=True)] == [5, 7, 9]
