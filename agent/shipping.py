@@ -74,6 +74,8 @@ HIGH_WATER = 1024 * 1024
 """Buffered bytes past which a step's output waits for the writer (``Outbox.room``)."""
 WRITE_BYTES = HIGH_WATER // 2
 """Buffered bytes that make the writer write at once, without waiting out ``BATCH_DELAY``."""
+SMALLEST_ENTRY = 96
+"""Fewer bytes than any encoded entry has: a batch of ``most`` bytes never needs more rows than ``most`` / this."""
 SPOOL_LOW_WATER = 0.9
 """A drop frees the spool down to this fraction of its bound, so drops come in few, large steps."""
 
@@ -314,7 +316,7 @@ class Outbox:
                 "    SELECT seq, body FROM outbox WHERE runner_id = ? AND seq > ? ORDER BY seq LIMIT ?"
                 "  ) ORDER BY seq"
                 ") WHERE before < ?",
-                (runner_id, after, limit, most),
+                (runner_id, after, min(limit, most // SMALLEST_ENTRY + 1), most),
             ).fetchone()
             if count:
                 self._protected_upto = max(self._maybe_delivered_upto, int(last))
@@ -392,8 +394,11 @@ class Shipper:
         self._limit = BATCH_LIMIT  # halved on each refusal, to find the entry the coordinator refuses
         self._refusals = 0  # consecutive refusals of a single entry with a server error
         self._last_send = 0.0
+        self._to_acknowledge = 0  # acknowledged by the coordinator, deleted during the next send
         self.failures = 0
         self.quarantined = 0
+        self.batches_sent = 0
+        """Frames of events sent since start (for tests and benchmarks)."""
 
     async def run(self) -> None:
         backoff = 0.05
@@ -426,10 +431,12 @@ class Shipper:
                 else:
                     backoff, self._refusals = 0.05, 0
                     self._limit = min(self._limit * 2, BATCH_LIMIT)
-                    await self._outbox.acknowledge(identity.runner_id, acked)
                     if ahead is None or acked < batch.last_seq or not ahead.full(self._limit, self._outbox.batch_bytes):
+                        await self._outbox.acknowledge(identity.runner_id, acked)
                         await self._pace()  # not full: let what arrives meanwhile join it
                         ahead = await self._outbox.pending_batch(identity.runner_id, limit=self._limit)
+                    else:
+                        self._to_acknowledge = acked  # deleted while the next batch is on its way
                     batch = ahead
                     continue
                 identity = self._identity()
@@ -467,10 +474,14 @@ class Shipper:
         return True
 
     async def _send_reading_ahead(self, identity: Identity, batch: Batch) -> tuple[int, Batch | None]:
-        """Send a batch and, while the coordinator stores it, read the next one: the local read is then off the
-        critical path (the coordinator applies batches strictly one after the other anyway)."""
+        """Send a batch and, while the coordinator stores it, delete what it acknowledged before and read the
+        next batch: the local work is then off the critical path (the coordinator applies batches strictly one
+        after the other anyway). The deletion is awaited whatever becomes of the send."""
         sending = asyncio.create_task(self._send(batch), name="shipper:send")
         try:
+            if self._to_acknowledge:
+                upto, self._to_acknowledge = self._to_acknowledge, 0
+                await self._outbox.acknowledge(identity.runner_id, upto)
             ahead = await self._outbox.pending_batch(identity.runner_id, after=batch.last_seq, limit=self._limit)
             return await sending, ahead
         finally:
@@ -480,5 +491,6 @@ class Shipper:
 
     async def _send(self, batch: Batch) -> int:
         self._last_send = asyncio.get_running_loop().time()
+        self.batches_sent += 1
         answer = await self._channel.request("events", f'{{"events":[{batch.events}]}}', self._timeout)
         return int(answer["acked_seq"])

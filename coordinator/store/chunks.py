@@ -42,7 +42,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from datetime import datetime
 from operator import itemgetter
 from typing import Any, Protocol
 
@@ -107,6 +108,21 @@ def decode(body: str, job_id: str | None, step: str | None) -> list[LogEntry]:
 
 def row_of(entry: LogEntry) -> Row:
     return [entry.seq, entry.ts, entry.level, entry.stream, entry.attempt, entry.message]
+
+
+class EpochSeconds:
+    """``datetime.timestamp()`` for the many entries of a batch: the start of each hour is converted once (an
+    aware datetime's own conversion asks its time zone for the offset every time, several times the cost)."""
+
+    def __init__(self) -> None:
+        self._hours: dict[tuple[int, int, int, int, int], float] = {}
+
+    def __call__(self, at: datetime) -> float:
+        key = (id(at.tzinfo), at.year, at.month, at.day, at.hour)
+        base = self._hours.get(key)
+        if base is None:
+            base = self._hours[key] = at.replace(minute=0, second=0, microsecond=0).timestamp()
+        return base + at.minute * 60 + at.second + at.microsecond / 1e6
 
 
 def utf8_size(text: str) -> int:
@@ -348,7 +364,6 @@ class Dropped:
 
     chunks: int = 0
     bytes: int = 0
-    jobs: set[str] = field(default_factory=set)
 
 
 # --- what an engine offers ----------------------------------------------------------------------------------

@@ -8,11 +8,10 @@ and the mark advances in the same transaction, so resending is always safe.
 from __future__ import annotations
 
 import sqlite3
-from datetime import datetime
 
 from coordinator.store import logs
 from coordinator.store.base import StatusChange
-from coordinator.store.chunks import LEVELS, Run
+from coordinator.store.chunks import LEVELS, EpochSeconds, Run
 from shared.models import TERMINAL_JOB_STATUSES, AgentEvent, JobEvent, StepEvent
 
 
@@ -25,7 +24,7 @@ def apply(conn: sqlite3.Connection, runner_id: str, events: list[AgentEvent]) ->
     changes: list[StatusChange] = []
     runs: list[Run] = []  # the log entries, cut where the job or step changes
     run = Run(None, None, [])
-    epoch = _EpochSeconds()
+    epoch = EpochSeconds()
     for event in sorted(events, key=lambda e: e.seq):
         if event.seq <= mark:
             continue
@@ -46,21 +45,6 @@ def apply(conn: sqlite3.Connection, runner_id: str, events: list[AgentEvent]) ->
     logs.write(conn, runner_id, runs)  # as chunks: see coordinator.store.chunks
     conn.execute("UPDATE runners SET event_seq = ? WHERE id = ?", (mark, runner_id))
     return mark, changes
-
-
-class _EpochSeconds:
-    """``datetime.timestamp()`` for the many entries of a batch: the start of each hour is converted once (an
-    aware datetime's own conversion asks its time zone for the offset every time, several times the cost)."""
-
-    def __init__(self) -> None:
-        self._hours: dict[tuple[int, int, int, int, int], float] = {}
-
-    def __call__(self, at: datetime) -> float:
-        key = (id(at.tzinfo), at.year, at.month, at.day, at.hour)
-        base = self._hours.get(key)
-        if base is None:
-            base = self._hours[key] = at.replace(minute=0, second=0, microsecond=0).timestamp()
-        return base + at.minute * 60 + at.second + at.microsecond / 1e6
 
 
 def _apply_job_event(conn: sqlite3.Connection, runner_id: str, event: JobEvent) -> StatusChange | None:

@@ -23,6 +23,7 @@ from coordinator.store.chunks import (
     SELECT_CHUNK,
     Chunk,
     Dropped,
+    EpochSeconds,
     LogEntry,
     LogFilter,
     LogPage,
@@ -54,10 +55,10 @@ MIGRATION_BATCH = 8 * 1024
 """Old rows converted at a time by migration 7."""
 
 
-def entry_of(event: LogEvent) -> LogEntry:
+def entry_of(event: LogEvent, epoch: EpochSeconds | None = None) -> LogEntry:
     return LogEntry(
         event.seq,
-        event.at.timestamp(),
+        epoch(event.at) if epoch else event.at.timestamp(),
         LEVELS[event.level],
         event.message,
         event.job_id,
@@ -68,7 +69,8 @@ def entry_of(event: LogEvent) -> LogEntry:
 
 
 def log_entries(events: Sequence[AgentEvent]) -> list[LogEntry]:
-    return [entry_of(event) for event in events if isinstance(event, LogEvent)]
+    epoch = EpochSeconds()
+    return [entry_of(event, epoch) for event in events if isinstance(event, LogEvent)]
 
 
 # --- writing (inside the transaction that applies a batch) -------------------------------------------------
@@ -251,7 +253,6 @@ class LogStore:
                         (job_id,),
                     ).fetchall()
                     _drop_oldest(conn, rows, sum(int(r[2]) for r in rows) - max_per_job, dropped)
-                    dropped.jobs.add(job_id)
             if max_total is not None:
                 total = int(conn.execute("SELECT COALESCE(SUM(bytes), 0) FROM log_chunks").fetchone()[0])
                 while total > max_total:
