@@ -6,8 +6,18 @@ acknowledges the highest sequence it stored, and only then are those entries del
 failure or restart is therefore always safe.
 
 Log lines arrive already encoded (see ``agent/logsink.py``) and are buffered in memory only until the single
-writer's next transaction (no timer: whatever arrives while a write is in flight goes into the next one). A
-job transition writes the buffered lines first, so a step's output always precedes its ``finished`` event.
+writer's next transaction. A job transition writes the buffered lines first, so a step's output always
+precedes its ``finished`` event.
+
+Batching, by size and by time, on both hops (the writer's transactions and the shipper's frames):
+
+- **Size.** A frame carries up to ``BATCH_BYTES`` (1 MiB, like GitLab Runner's trace patches) or
+  ``BATCH_LIMIT`` entries; the writer writes at once when ``WRITE_BYTES`` are buffered.
+- **Time.** The first line after a quiet spell is written and sent at once. After that, a hop that is not
+  full waits until ``BATCH_DELAY`` after its previous one, so lines arriving faster than that share a
+  transaction and a frame (a step printing a line every millisecond costs about a hundred frames a second,
+  not a thousand) while a follower still sees every line within about twice ``BATCH_DELAY`` plus the round trip.
+  Whatever arrives while a write or a send is in flight goes into the next one.
 
 The spool is bounded, on disk and in memory, and never makes a job wait:
 
@@ -30,6 +40,7 @@ convoy effect) and the writer would fall hopelessly behind.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 import time
@@ -48,10 +59,12 @@ from shared.errors import ApiError, AuthenticationRequired, RunnerNotFound
 
 log = structlog.get_logger(__name__)
 
-BATCH_LIMIT = 2000
-"""Most entries in one batch."""
-BATCH_BYTES = 2 * 1024 * 1024
+BATCH_LIMIT = 10_000
+"""Most entries in one batch (what the coordinator accepts in one)."""
+BATCH_BYTES = 1024 * 1024
 """A batch stops growing past this size (well under the coordinator's body limit), whatever the line length."""
+BATCH_DELAY = 0.01
+"""Seconds a write or a send that is not full waits after the previous one, for more lines to join it."""
 MAX_BACKOFF = 5.0
 REFUSALS = 3
 """Tries before a single entry the coordinator keeps failing on with a server error is quarantined."""
@@ -59,6 +72,10 @@ DEFAULT_SPOOL_MAX_BYTES = 256 * 1024 * 1024
 DEFAULT_MEMORY_MAX_BYTES = 16 * 1024 * 1024
 HIGH_WATER = 1024 * 1024
 """Buffered bytes past which a step's output waits for the writer (``Outbox.room``)."""
+WRITE_BYTES = HIGH_WATER // 2
+"""Buffered bytes that make the writer write at once, without waiting out ``BATCH_DELAY``."""
+SMALLEST_ENTRY = 96
+"""Fewer bytes than any encoded entry has: a batch of ``most`` bytes never needs more rows than ``most`` / this."""
 SPOOL_LOW_WATER = 0.9
 """A drop frees the spool down to this fraction of its bound, so drops come in few, large steps."""
 
@@ -70,6 +87,9 @@ class Batch:
     count: int
     last_seq: int
     events: str
+
+    def full(self, limit: int, most: int) -> bool:
+        return self.count >= limit or len(self.events) >= most * 3 // 4
 
 
 STATE_PREFIXES = ('{"kind":"step"', '{"kind":"job"')
@@ -91,6 +111,8 @@ class Outbox:
         self._lines: list[str] = []
         self._lines_bytes = 0
         self._lines_waiting = asyncio.Event()
+        self._lines_full = asyncio.Event()
+        self._last_write = 0.0
         self._room = asyncio.Event()
         self._room.set()
         self.pending = asyncio.Event()
@@ -130,6 +152,8 @@ class Outbox:
         """Queue an encoded log entry without waiting (called for every line a step prints)."""
         self._lines.append(body)
         self._lines_bytes += len(body)
+        if self._lines_bytes >= WRITE_BYTES:
+            self._lines_full.set()
         if self._lines_bytes > self.peak_buffered_bytes:
             self.peak_buffered_bytes = self._lines_bytes
             if self._lines_bytes > self.memory_max_bytes:
@@ -143,9 +167,17 @@ class Outbox:
             await self._room.wait()
 
     async def run_writer(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             await self._lines_waiting.wait()
+            # Lines arriving fast share one transaction: wait out the delay unless enough are buffered.
+            wait = self._last_write + BATCH_DELAY - loop.time()
+            if wait > 0 and not self._lines_full.is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait):
+                        await self._lines_full.wait()
             self._lines_waiting.clear()
+            self._last_write = loop.time()
             await self._write([])
 
     async def flush(self) -> None:
@@ -172,6 +204,7 @@ class Outbox:
 
     async def _write(self, bodies: list[str], job_state: tuple[str, str, int] | None = None) -> None:
         lines, self._lines, self._lines_bytes = self._lines, [], 0
+        self._lines_full.clear()
         self._room.set()
         shed, self._shed = self._shed, (0, 0)
         rows = [*lines, *bodies]
@@ -263,11 +296,16 @@ class Outbox:
 
     # --- reading and acknowledging (the shipper) ------------------------------------------------------------
 
+    @property
+    def batch_bytes(self) -> int:
+        """About the most bytes in one batch."""
+        return min(BATCH_BYTES, self.spool_max_bytes // 4)
+
     async def pending_batch(self, runner_id: str, after: int = 0, limit: int = BATCH_LIMIT) -> Batch | None:
         """The oldest unacknowledged entries past sequence ``after``, at most BATCH_LIMIT of them and about
         BATCH_BYTES (less for a small spool: what is in flight cannot be dropped, so it must stay a small part
         of the spool)."""
-        most = min(BATCH_BYTES, self.spool_max_bytes // 4)
+        most = self.batch_bytes
 
         def op(conn: sqlite3.Connection) -> Batch | None:
             # Bodies are stored without their sequence number: splice it in front, and join the batch in SQLite.
@@ -278,7 +316,7 @@ class Outbox:
                 "    SELECT seq, body FROM outbox WHERE runner_id = ? AND seq > ? ORDER BY seq LIMIT ?"
                 "  ) ORDER BY seq"
                 ") WHERE before < ?",
-                (runner_id, after, limit, most),
+                (runner_id, after, min(limit, most // SMALLEST_ENTRY + 1), most),
             ).fetchone()
             if count:
                 self._protected_upto = max(self._maybe_delivered_upto, int(last))
@@ -355,13 +393,18 @@ class Shipper:
         self._on_quarantined = on_quarantined
         self._limit = BATCH_LIMIT  # halved on each refusal, to find the entry the coordinator refuses
         self._refusals = 0  # consecutive refusals of a single entry with a server error
+        self._last_send = 0.0
+        self._to_acknowledge = 0  # acknowledged by the coordinator, deleted during the next send
         self.failures = 0
         self.quarantined = 0
+        self.batches_sent = 0
+        """Frames of events sent since start (for tests and benchmarks)."""
 
     async def run(self) -> None:
         backoff = 0.05
         while True:
             await self._outbox.pending.wait()
+            await self._pace()
             self._outbox.pending.clear()
             await self._channel.connected.wait()
             identity = self._identity()
@@ -388,13 +431,22 @@ class Shipper:
                 else:
                     backoff, self._refusals = 0.05, 0
                     self._limit = min(self._limit * 2, BATCH_LIMIT)
-                    await self._outbox.acknowledge(identity.runner_id, acked)
-                    if ahead is None or acked < batch.last_seq:
+                    if ahead is None or acked < batch.last_seq or not ahead.full(self._limit, self._outbox.batch_bytes):
+                        await self._outbox.acknowledge(identity.runner_id, acked)
+                        await self._pace()  # not full: let what arrives meanwhile join it
                         ahead = await self._outbox.pending_batch(identity.runner_id, limit=self._limit)
+                    else:
+                        self._to_acknowledge = acked  # deleted while the next batch is on its way
                     batch = ahead
                     continue
                 identity = self._identity()
                 batch = await self._outbox.pending_batch(identity.runner_id, limit=self._limit)  # the oldest again
+
+    async def _pace(self) -> None:
+        """Wait until ``BATCH_DELAY`` after the previous send (at once after a quiet spell)."""
+        wait = self._last_send + BATCH_DELAY - asyncio.get_running_loop().time()
+        if wait > 0:
+            await asyncio.sleep(wait)
 
     async def _refused(self, batch: Batch, error: ApiError) -> bool:
         """The coordinator refused a batch: one bad entry must not stall the runner, so split the batch until
@@ -422,10 +474,14 @@ class Shipper:
         return True
 
     async def _send_reading_ahead(self, identity: Identity, batch: Batch) -> tuple[int, Batch | None]:
-        """Send a batch and, while the coordinator stores it, read the next one: the local read is then off the
-        critical path (the coordinator applies batches strictly one after the other anyway)."""
+        """Send a batch and, while the coordinator stores it, delete what it acknowledged before and read the
+        next batch: the local work is then off the critical path (the coordinator applies batches strictly one
+        after the other anyway). The deletion is awaited whatever becomes of the send."""
         sending = asyncio.create_task(self._send(batch), name="shipper:send")
         try:
+            if self._to_acknowledge:
+                upto, self._to_acknowledge = self._to_acknowledge, 0
+                await self._outbox.acknowledge(identity.runner_id, upto)
             ahead = await self._outbox.pending_batch(identity.runner_id, after=batch.last_seq, limit=self._limit)
             return await sending, ahead
         finally:
@@ -434,5 +490,7 @@ class Shipper:
                 await asyncio.gather(sending, return_exceptions=True)
 
     async def _send(self, batch: Batch) -> int:
+        self._last_send = asyncio.get_running_loop().time()
+        self.batches_sent += 1
         answer = await self._channel.request("events", f'{{"events":[{batch.events}]}}', self._timeout)
         return int(answer["acked_seq"])

@@ -10,8 +10,12 @@ measures, in one run:
 - follow delay: a step prints a timestamped line every 20 ms (200 lines) while a client follows the runner's
   log (``GET /logs?follow=true``, Server-Sent Events); delay = receive time minus the time printed in the line.
 
-Baselines in the same run: the same 100 MB step into ``/dev/null`` (``sh -c '... > /dev/null'``), and an
-HTTP round trip (``GET /api/health`` on a kept-alive connection).
+Baselines in the same run: the same 100 MB step into ``/dev/null`` (``sh -c '... > /dev/null'``), the same
+step through a raw pipe read to its end by this process (what an executor minimally does), and an HTTP round
+trip (``GET /api/health`` on a kept-alive connection).
+
+Targets (checked and printed): stored end to end at >= 50 MB/s; the follower's p50 <= 30 ms; the agent's RSS
+<= 100 MB throughout the 100 MB step.
 
     python bench/bench_logs.py [--megabytes N] [--ticks N] [--json]
 """
@@ -81,6 +85,11 @@ async def job(session: aiohttp.ClientSession, c: Cluster, job_id: str) -> dict[s
         return dict(await r.json(content_type=None))
 
 
+TARGET_MB_PER_S = 50.0
+TARGET_FOLLOW_P50_MS = 30.0
+TARGET_AGENT_RSS_MB = 100.0
+
+
 class PeakRss:
     def __init__(self, *pids: int | None) -> None:
         self._procs = [psutil.Process(pid) for pid in pids if pid is not None]
@@ -93,6 +102,9 @@ class PeakRss:
 
     def grown_mb(self) -> list[float]:
         return [round((peak - base) / 1e6, 1) for peak, base in zip(self.peak, self.base, strict=True)]
+
+    def peak_mb(self) -> list[float]:
+        return [round(peak / 1e6, 1) for peak in self.peak]
 
 
 async def throughput(session: aiohttp.ClientSession, c: Cluster, total: int, deadline: float) -> dict[str, Any]:
@@ -109,7 +121,7 @@ async def throughput(session: aiohttp.ClientSession, c: Cluster, total: int, dea
             break
         if time.perf_counter() > deadline:
             raise BenchError(f"time budget exhausted with the {total / 1e6:g} MB job still {state['status']}")
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(0.02)  # the sampling period of the RSS and the job's state
     elapsed = time.perf_counter() - t0
     done_wall = wall0 + elapsed
     if state["status"] != "completed":
@@ -131,7 +143,28 @@ async def throughput(session: aiohttp.ClientSession, c: Cluster, total: int, dea
         "mb_per_s": round(total / 1e6 / from_start, 2),
         "lines_per_s": round(lines / from_start),
         "peak_rss_growth_mb": dict(zip(("agent", "coordinator"), rss.grown_mb(), strict=True)),
+        "peak_rss_mb": dict(zip(("agent", "coordinator"), rss.peak_mb(), strict=True)),
     }
+
+
+async def pipe_read(total: int) -> float:
+    """The same step's output through a pipe, read to its end by this process in 64 KiB reads."""
+    t0 = time.perf_counter()
+    process = await asyncio.create_subprocess_exec(
+        "/bin/sh",
+        "-c",
+        flood(total),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        start_new_session=True,
+    )
+    assert process.stdout is not None
+    read = 0
+    while chunk := await process.stdout.read(64 * 1024):
+        read += len(chunk)
+    if await process.wait() != 0 or read != total:
+        raise BenchError(f"the raw pipe baseline failed ({read} of {total} bytes read)")
+    return time.perf_counter() - t0
 
 
 async def raw_pipe(total: int) -> float:
@@ -195,16 +228,24 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                 delays = await follow_delay(session, c, args.ticks, Path(tmp), deadline)
                 rtts = await http_rtt(session, c, args.baseline)
         pipe = await raw_pipe(total)
+        piped = await pipe_read(total)
     follow, rtt = summarize(delays), summarize(rtts)
     return {
         "benchmark": "logs",
         "throughput": flow,
         "baseline_raw_pipe": {"seconds": round(pipe, 3), "mb_per_s": round(total / 1e6 / pipe, 1)},
+        "baseline_pipe_read": {"seconds": round(piped, 3), "mb_per_s": round(total / 1e6 / piped, 1)},
         "follow_delay_ms": follow.as_dict(),
         "baseline_http_rtt_ms": rtt.as_dict(),
         "ratios": {
             "raw_pipe_over_stored_throughput": round(ratio(flow["job_start_to_stored_s"], pipe), 1),
+            "pipe_read_over_stored_throughput": round(ratio(flow["job_start_to_stored_s"], piped), 1),
             "follow_delay_p50_over_http_rtt_p50": round(ratio(follow.p50, rtt.p50), 1),
+        },
+        "targets": {
+            "stored_mb_per_s": [TARGET_MB_PER_S, flow["mb_per_s"] >= TARGET_MB_PER_S],
+            "follow_p50_ms": [TARGET_FOLLOW_P50_MS, follow.p50 <= TARGET_FOLLOW_P50_MS],
+            "agent_peak_rss_mb": [TARGET_AGENT_RSS_MB, flow["peak_rss_mb"]["agent"] <= TARGET_AGENT_RSS_MB],
         },
         "host": host,
         "_summaries": (follow, rtt),
@@ -213,6 +254,11 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
 
 def render(report: dict[str, Any]) -> str:
     flow, pipe, ratios, host = report["throughput"], report["baseline_raw_pipe"], report["ratios"], report["host"]
+    piped, targets = report["baseline_pipe_read"], report["targets"]
+
+    def met(name: str) -> str:
+        return "met" if targets[name][1] else "MISSED"
+
     follow, rtt = report["_summaries"]
 
     def row(name: str, s: Summary) -> str:
@@ -224,14 +270,19 @@ def render(report: dict[str, Any]) -> str:
         f"  job start → all stored   {flow['job_start_to_stored_s']:8.2f} s   {flow['mb_per_s']:7.2f} MB/s"
         f"   {flow['lines_per_s']:>9,} lines/s   (submit → stored {flow['submit_to_stored_s']:.2f} s)",
         f"  baseline: same step > /dev/null   {pipe['seconds']:8.2f} s   {pipe['mb_per_s']:7.1f} MB/s"
-        f"   (raw pipe is {ratios['raw_pipe_over_stored_throughput']:g}x faster)",
-        f"  peak RSS growth: agent {flow['peak_rss_growth_mb']['agent']} MB,"
-        f" coordinator {flow['peak_rss_growth_mb']['coordinator']} MB",
+        f"   ({ratios['raw_pipe_over_stored_throughput']:g}x faster)",
+        f"  baseline: same step, pipe read   {piped['seconds']:8.2f} s   {piped['mb_per_s']:7.1f} MB/s"
+        f"   ({ratios['pipe_read_over_stored_throughput']:g}x faster)",
+        f"  target ≥ {TARGET_MB_PER_S:g} MB/s: {met('stored_mb_per_s')}",
+        f"  peak RSS: agent {flow['peak_rss_mb']['agent']} MB (+{flow['peak_rss_growth_mb']['agent']}),"
+        f" coordinator {flow['peak_rss_mb']['coordinator']} MB (+{flow['peak_rss_growth_mb']['coordinator']});"
+        f" target agent ≤ {TARGET_AGENT_RSS_MB:g} MB: {met('agent_peak_rss_mb')}",
         "",
         "live follow (SSE): a line every 20 ms, delay from print to the follower receiving it",
         row("print → follower", follow),
         row("baseline: HTTP RTT GET /api/health", rtt),
-        f"  p50 ratio follow delay / HTTP RTT = {ratios['follow_delay_p50_over_http_rtt_p50']:g}x",
+        f"  p50 ratio follow delay / HTTP RTT = {ratios['follow_delay_p50_over_http_rtt_p50']:g}x;"
+        f" target p50 ≤ {TARGET_FOLLOW_P50_MS:g} ms: {met('follow_p50_ms')}",
         f"host: {host['cpus']} CPUs, load {host.get('load_average_1m')}, Python {host['python']},"
         f" git {host.get('git')}",
     ]

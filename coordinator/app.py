@@ -15,6 +15,7 @@ from coordinator.dispatch import Dispatcher
 from coordinator.estimate import Estimator
 from coordinator.heartbeats import Heartbeats
 from coordinator.hub import Hub
+from coordinator.log_retention import log_retention
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.middlewares import setup_middlewares
 from coordinator.proxy import AgentClient
@@ -137,6 +138,7 @@ def make_app(config: CoordinatorConfig) -> web.Application:
     setup_routes(app)
     setup_log_feed(app)
     app.cleanup_ctx.extend([_store, _agents, _hub, _dispatcher, _router, _background, _metric_history, _audit])
+    app.cleanup_ctx.append(log_retention)
     # WebSocket clients and agent channels are closed before the cleanup contexts unwind.
     app.on_shutdown.append(lambda a: a[keys.HUB].close())
     app.on_shutdown.append(lambda a: a[keys.AGENTS].close())

@@ -25,6 +25,8 @@ ENV_OVERRIDES = {
     "RUSTCI_TLS_KEY": "tls.key_file",
     "RUSTCI_TLS_CLIENT_CA": "tls.client_ca_file",
     "RUSTCI_TLS_ALLOW_PLAINTEXT": "tls.allow_plaintext",
+    "RUSTCI_LOGS_MAX_BYTES_PER_JOB": "logs.max_bytes_per_job",
+    "RUSTCI_LOGS_MAX_TOTAL_BYTES": "logs.max_total_bytes",
 }
 
 KeyRole = Literal["admin", "operator", "viewer", "registrar"]
@@ -168,6 +170,25 @@ class LogStream(Settings):
     """Live entries waiting for one follower; a follower further behind catches up from the database instead."""
 
 
+class Logs(Settings):
+    """Retention of the job logs the coordinator stores (see ``docs/architecture.md``, "Log storage").
+
+    Logs are kept in chunks of many lines; past a limit, whole chunks are deleted, oldest first. A reader
+    then sees the log begin at the oldest line kept (a page starts there; a ``Last-Event-ID`` older than it
+    resumes there)."""
+
+    max_bytes_per_job: int | None = Field(default=None, ge=256 * 1024)
+    """Most bytes of stored log one job keeps; past it the job's oldest chunks are deleted. ``null``: no
+    limit; at least 256 KiB (two chunks: whole chunks are deleted). (The agent's ``log_limit`` bounds what a job
+    may print; this bounds what the coordinator keeps.)"""
+    max_total_bytes: int | None = Field(default=None, ge=256 * 1024)
+    """Most bytes of stored log in total, all runners and jobs together; past it the oldest chunks of any
+    job are deleted. ``null``: no limit; at least 256 KiB."""
+    retention_interval: float = Field(default=5.0, gt=0, le=3600)
+    """Seconds between retention passes while logs are written (a job may pass its limit by what arrives
+    meanwhile); a pass also runs at start."""
+
+
 class Dashboard(Settings):
     """The web dashboard at ``/`` and its browser sessions (see ``docs/dashboard.md``)."""
 
@@ -212,6 +233,7 @@ class CoordinatorConfig(Settings):
     metrics: MetricsHistory = Field(default_factory=MetricsHistory)
     websocket: WebSocketSettings = Field(default_factory=WebSocketSettings)
     log_stream: LogStream = Field(default_factory=LogStream)
+    logs: Logs = Field(default_factory=Logs)
     rate_limits: RateLimits = Field(default_factory=RateLimits)
     dashboard: Dashboard = Field(default_factory=Dashboard)
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024, le=1024**3)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import structlog
@@ -31,7 +31,7 @@ from aiohttp_sse import EventSourceResponse, sse_response
 
 from coordinator import keys
 from coordinator.store.base import Store
-from coordinator.store.logs import PAGE, LogEntry, LogFilter, LogStore, log_entries
+from coordinator.store.logs import PAGE, LogEntry, LogFilter, LogQueries, log_entries, log_queries
 from shared.http import dumps
 from shared.models import TERMINAL_JOB_STATUSES, AgentEvent, JobEvent
 
@@ -86,6 +86,8 @@ class LogFeed:
         self.queue_limit = queue_limit
         self._followers: dict[str, set[Follower]] = {}
         self.closed = False
+        self.listeners: list[Callable[[str, Sequence[AgentEvent]], None]] = []
+        """Called with every batch stored, followers or not (log retention counts what was written)."""
 
     @property
     def follower_count(self) -> int:
@@ -93,6 +95,8 @@ class LogFeed:
 
     def publish(self, runner_id: str, events: Sequence[AgentEvent]) -> None:
         """Hand the log entries of a batch just stored to the runner's followers (resent ones are harmless)."""
+        for listener in self.listeners:
+            listener(runner_id, events)
         followers = self._followers.get(runner_id)
         if not followers:
             return
@@ -154,7 +158,7 @@ async def follow(
     try:
         async with sse_response(request, sep="\n", ping_interval=keepalive) as response:
             store = request.app[keys.STORE]
-            stream = _Stream(response, follower, LogStore.of(store), store, runner_id, where)
+            stream = _Stream(response, follower, log_queries(store), store, runner_id, where)
             with contextlib.suppress(ConnectionResetError):  # the client went away mid-write
                 await stream.backlog(start)
                 await stream.live(request, keepalive)
@@ -168,7 +172,7 @@ class _Stream:
         self,
         response: EventSourceResponse,
         follower: Follower,
-        store: LogStore,
+        store: LogQueries,
         jobs: Store,
         runner_id: str,
         where: LogFilter,

@@ -72,8 +72,13 @@ def _outcome(runner: Callable[[Any], Any], argument: Any) -> tuple[bool, Any]:
         return False, e
 
 
+Migration = str | Callable[[sqlite3.Connection], None]
+"""One schema step: SQL statements separated by ``;`` + newline, or a function run in the migration's
+transaction (for a step that must move data through Python code)."""
+
+
 class Database:
-    def __init__(self, path: Path, migrations: Sequence[str]) -> None:
+    def __init__(self, path: Path, migrations: Sequence[Migration]) -> None:
         self.path = path
         self._migrations = migrations
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sqlite:{path.name}")
@@ -123,9 +128,12 @@ class Database:
         for version, script in enumerate(self._migrations[current:], start=current + 1):
             conn.execute("BEGIN IMMEDIATE")
             try:
-                for statement in script.split(";\n"):
-                    if statement.strip():
-                        conn.execute(statement)
+                if callable(script):
+                    script(conn)
+                else:
+                    for statement in script.split(";\n"):
+                        if statement.strip():
+                            conn.execute(statement)
                 conn.execute(f"PRAGMA user_version={version}")
                 conn.execute("COMMIT")
             except BaseException:

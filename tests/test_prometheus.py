@@ -19,6 +19,7 @@ from coordinator.metrics import CoordinatorMetrics
 from shared.timeutil import isoformat, utcnow
 from tests.conftest import API_KEY, CoordinatorHandle, StartAgent
 from tests.helpers import TERMINAL, free_port, register_runner, wait_for
+from tests.log_support import stored_entries
 
 
 async def scrape(url: str) -> list[Sample]:
@@ -85,9 +86,7 @@ async def test_coordinator_metrics_after_two_completed_jobs_and_one_failed(
     assert all(route.startswith("/") or route == "unmatched" for route in routes), routes
     assert not [route for route in routes if re.search(r"(runner|job)_[0-9a-f]{8}", route)], routes
     # Every log entry stored was counted, once.
-    stored = await coordinator.store.db.read(
-        lambda conn: int(conn.execute("SELECT COUNT(*) FROM log_entries").fetchone()[0])
-    )
+    stored = len(await stored_entries(coordinator))
     assert stored > 0
     assert value(samples, "rustci_log_entries_ingested_total") == stored
     assert value(samples, "rustci_websocket_clients") == 0

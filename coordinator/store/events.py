@@ -8,10 +8,10 @@ and the mark advances in the same transaction, so resending is always safe.
 from __future__ import annotations
 
 import sqlite3
-from typing import Any
 
+from coordinator.store import logs
 from coordinator.store.base import StatusChange
-from coordinator.store.schema import LEVELS
+from coordinator.store.chunks import LEVELS, EpochSeconds, Run
 from shared.models import TERMINAL_JOB_STATUSES, AgentEvent, JobEvent, StepEvent
 
 
@@ -22,7 +22,9 @@ def apply(conn: sqlite3.Connection, runner_id: str, events: list[AgentEvent]) ->
         return None
     mark = int(row["event_seq"])
     changes: list[StatusChange] = []
-    logs: list[tuple[Any, ...]] = []
+    runs: list[Run] = []  # the log entries, cut where the job or step changes
+    run = Run(None, None, [])
+    epoch = EpochSeconds()
     for event in sorted(events, key=lambda e: e.seq):
         if event.seq <= mark:
             continue
@@ -33,26 +35,14 @@ def apply(conn: sqlite3.Connection, runner_id: str, events: list[AgentEvent]) ->
         elif isinstance(event, StepEvent):
             _apply_step_event(conn, runner_id, event)
         else:
-            logs.append(
-                (
-                    runner_id,
-                    event.seq,
-                    event.at.timestamp(),
-                    LEVELS[event.level],
-                    event.message,
-                    event.job_id,
-                    event.step,
-                    event.stream,
-                    event.attempt,
-                )
+            if not runs or event.job_id != run.job_id or event.step != run.step:
+                run = Run(event.job_id, event.step, [])
+                runs.append(run)
+            run.rows.append(
+                [event.seq, epoch(event.at), LEVELS[event.level], event.stream, event.attempt, event.message]
             )
         mark = event.seq
-    if logs:
-        conn.executemany(
-            "INSERT INTO log_entries (runner_id, seq, ts, level, message, job_id, step, stream, attempt)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            logs,
-        )
+    logs.write(conn, runner_id, runs)  # as chunks: see coordinator.store.chunks
     conn.execute("UPDATE runners SET event_seq = ? WHERE id = ?", (mark, runner_id))
     return mark, changes
 

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from coordinator import audit
 from coordinator.store import fleet as fleet_schema
+from coordinator.store import logs as logs_schema
 from coordinator.store import metrics as metrics_schema
+from coordinator.store.chunks import LEVELS
+from shared.sqlite import Migration
 
-MIGRATIONS: list[str] = [
+__all__ = ["LEVELS", "MIGRATIONS"]
+
+MIGRATIONS: list[Migration] = [
     # 1: registry and job index
     """
     CREATE TABLE runners (
@@ -99,7 +104,7 @@ MIGRATIONS: list[str] = [
     CREATE INDEX runners_status_seq ON runners(status, type, seq);
     CREATE INDEX runners_type_seq ON runners(type, seq)
     """,
+    # 7: log entries kept in chunks, many entries per row (see coordinator/store/chunks.py); the rows of
+    # log_entries are converted and the table dropped
+    logs_schema.migrate_to_chunks,
 ]
-
-LEVELS = {"debug": 10, "info": 20, "warn": 30, "error": 40}
-"""Log levels as stored (an integer, so ``level >= ?`` filters by minimum level)."""

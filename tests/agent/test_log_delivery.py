@@ -27,6 +27,7 @@ import pytest
 from agent.shipping import HIGH_WATER
 from tests.conftest import CoordinatorHandle, StartAgent, StartAgentProcess
 from tests.helpers import TERMINAL, Api, free_port, wait_for
+from tests.log_support import stored_entries
 from tests.relay import TcpProxy
 
 SEQ_20K = "seq 1 20000"
@@ -63,23 +64,12 @@ async def submit(api: Api, runner_id: str, run: str, **job: Any) -> str:
 
 async def stored(coordinator: CoordinatorHandle, job_id: str) -> list[tuple[int, str, str, str]]:
     """(seq, stream, level, message) of the job's entries on the coordinator, in sequence order."""
-
-    def op(conn: sqlite3.Connection) -> list[tuple[int, str, str, str]]:
-        rows = conn.execute(
-            "SELECT seq, stream, level, message FROM log_entries WHERE job_id = ? ORDER BY seq", (job_id,)
-        ).fetchall()
-        levels = {10: "debug", 20: "info", 30: "warn", 40: "error"}
-        return [(r[0], r[1], levels[r[2]], r[3]) for r in rows]
-
-    return await coordinator.store.db.read(op)
+    levels = {10: "debug", 20: "info", 30: "warn", 40: "error"}
+    return [(e.seq, e.stream, levels[e.level], e.message) for e in await stored_entries(coordinator, job_id=job_id)]
 
 
 async def stored_count(coordinator: CoordinatorHandle, job_id: str) -> int:
-    return int(
-        await coordinator.store.db.read(
-            lambda conn: conn.execute("SELECT COUNT(*) FROM log_entries WHERE job_id = ?", (job_id,)).fetchone()[0]
-        )
-    )
+    return len(await stored_entries(coordinator, job_id=job_id))
 
 
 def numbers(rows: list[tuple[int, str, str, str]]) -> list[int]:
@@ -251,13 +241,8 @@ async def test_a_full_spool_drops_the_oldest_log_entries_never_the_job_and_says_
     printed = numbers(rows)
     assert printed == sorted(set(printed)) and printed[-1] == 20_000  # in order, once, the newest kept
 
-    def notices(conn: sqlite3.Connection) -> list[tuple[int, str]]:
-        return conn.execute(
-            "SELECT level, message FROM log_entries WHERE runner_id = ? AND job_id IS NULL", (runner_id,)
-        ).fetchall()
-
     # One warning per drop, updated in place while it waits to be sent: a handful, not one per lost line.
-    found = await coordinator.store.db.read(notices)
+    found = [(e.level, e.message) for e in await stored_entries(coordinator, runner_id=runner_id, no_job=True)]
     assert 1 <= len(found) <= 5
     assert all(level == 30 and "log spool" in message for level, message in found)
     counts = [re.search(r"Dropped (\d+) log entries", message) for _, message in found]

@@ -6,7 +6,6 @@ what the coordinator stored: each job in exactly one terminal state, each log li
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pytest
 
 from tests.conftest import CoordinatorHandle, StartAgent, StartAgentProcess
 from tests.helpers import TERMINAL, Api, free_port, submit_job, wait_for, wait_process_runner
+from tests.log_support import stored_entries
 from tests.relay import TcpProxy
 
 LINES = 50
@@ -31,12 +31,7 @@ async def relay(coordinator: CoordinatorHandle) -> AsyncIterator[TcpProxy]:
 
 async def entries(coordinator: CoordinatorHandle, job_id: str) -> list[tuple[str, str]]:
     """(stream, message) of a job's stored log entries, in sequence order."""
-
-    def op(conn: sqlite3.Connection) -> list[tuple[str, str]]:
-        rows = conn.execute("SELECT stream, message FROM log_entries WHERE job_id = ? ORDER BY seq", (job_id,))
-        return [(r[0], r[1]) for r in rows.fetchall()]
-
-    return await coordinator.store.db.read(op)
+    return [(e.stream, e.message) for e in await stored_entries(coordinator, job_id=job_id)]
 
 
 def stdout_numbers(rows: list[tuple[str, str]]) -> list[int]:

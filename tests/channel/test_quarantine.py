@@ -7,6 +7,7 @@ import sqlite3
 
 from tests.conftest import CoordinatorHandle, StartAgent
 from tests.helpers import TERMINAL, Api, submit_job, wait_for
+from tests.log_support import stored_entries
 
 GOOD = 40
 BAD_AT = 23
@@ -32,14 +33,12 @@ async def test_a_refused_entry_is_quarantined_and_the_rest_flows(
     await agent.store.db.run(spool)
     agent.outbox.pending.set()
 
-    def stored(conn: sqlite3.Connection) -> list[str]:
-        rows = conn.execute(
-            "SELECT message FROM log_entries WHERE runner_id = ? AND message LIKE 'good %' ORDER BY seq", (runner_id,)
-        )
-        return [r[0] for r in rows.fetchall()]
+    async def stored() -> list[str]:
+        entries = await stored_entries(coordinator, runner_id=runner_id)
+        return [e.message for e in entries if e.message.startswith("good ")]
 
     async def all_good_stored() -> list[str]:
-        found = await coordinator.store.db.read(stored)
+        found = await stored()
         return found if len(found) == GOOD else []
 
     assert await wait_for(all_good_stored, 20, what="the good entries") == [f"good {i}" for i in range(GOOD)]
