@@ -31,7 +31,8 @@ from aiohttp_sse import EventSourceResponse, sse_response
 
 from coordinator import keys
 from coordinator.store.base import Store
-from coordinator.store.logs import PAGE, LogEntry, LogFilter, LogStore, log_entries
+from coordinator.store.logs import PAGE, LogEntry, LogFilter, log_entries
+from coordinator.store.protocols import LogStore
 from shared.http import dumps
 from shared.models import TERMINAL_JOB_STATUSES, AgentEvent, JobEvent
 
@@ -153,8 +154,7 @@ async def follow(
     follower = feed.follow(runner_id)  # before the backlog is read: see the module docstring
     try:
         async with sse_response(request, sep="\n", ping_interval=keepalive) as response:
-            store = request.app[keys.STORE]
-            stream = _Stream(response, follower, LogStore.of(store), store, runner_id, where)
+            stream = _Stream(response, follower, request.app[keys.LOG_STORE], request.app[keys.STORE], runner_id, where)
             with contextlib.suppress(ConnectionResetError):  # the client went away mid-write
                 await stream.backlog(start)
                 await stream.live(request, keepalive)
