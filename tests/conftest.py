@@ -118,6 +118,10 @@ async def running_coordinator(config: CoordinatorConfig) -> AsyncIterator[Coordi
         await handle.stop()
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "sqlite_only: reads the SQLite database directly; not run on PostgreSQL")
+
+
 @pytest.fixture
 def database_engine() -> str:
     """The engine the ``coordinator`` fixture stores in: SQLite; ``tests/coordinator/conftest.py`` parametrises it

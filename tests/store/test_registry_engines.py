@@ -186,7 +186,7 @@ async def test_events_apply_once_in_order_and_a_job_ends_in_one_terminal_state(s
     # Resent (the acknowledgement was lost): nothing is applied twice.
     again = await store.apply_events(runner.id, batch)
     assert again == (6, [])
-    assert await store_database.scalar("SELECT COUNT(*) FROM log_entries WHERE runner_id = ?", runner.id) == 2
+    assert await store_database.log_messages(runner.id) == ["second line", "third line"]
     # A later terminal event does not replace the first one.
     late = await store.apply_events(runner.id, [_job_event(7, "job-001", "failed", final=True)])
     assert late == (7, [])
@@ -260,7 +260,8 @@ async def test_two_stores_applying_the_same_batches_at_once_apply_each_event_onc
     results = await asyncio.gather(deliver(first), deliver(second), deliver(first))
     every_change = sorted(change for result in results for change in result)
     assert every_change == sorted(f"job-{n:03d}:{s}" for n in range(1, 6) for s in ("running", "completed"))
-    assert await store_database.scalar("SELECT COUNT(*) FROM log_entries WHERE runner_id = ?", runner.id) == 15
+    expected = [f"line {line}" for _ in range(5) for line in range(3)]
+    assert await store_database.log_messages(runner.id) == expected
     assert await store_database.scalar("SELECT event_seq FROM runners WHERE id = ?", runner.id) == seq
 
 
