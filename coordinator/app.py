@@ -24,9 +24,7 @@ from coordinator.routes import setup_routes
 from coordinator.routing import Router
 from coordinator.sealing import Sealer
 from coordinator.sse import setup_log_feed
-from coordinator.store.fleet import FleetStore
-from coordinator.store.metrics import MetricsStore, Retention
-from coordinator.store.sqlite import SqliteStore
+from coordinator.store import factory
 from coordinator.tickets import TicketBook
 from shared.http import setup_server
 from shared.tasks import TaskSet
@@ -34,12 +32,14 @@ from shared.tasks import TaskSet
 
 async def _store(app: web.Application) -> AsyncIterator[None]:
     config = app[keys.CONFIG]
-    store = SqliteStore(config.database_path, Sealer.for_state_dir(config.state_dir))
-    await store.open()
-    app[keys.STORE] = store
-    app[keys.ESTIMATOR] = Estimator(store)
+    stores = factory.build(config, Sealer.for_state_dir(config.state_dir))
+    await stores.open()
+    app[keys.STORES] = stores
+    app[keys.STORE] = stores.registry
+    app[keys.LOG_STORE] = stores.logs
+    app[keys.ESTIMATOR] = Estimator(stores.registry)
     yield
-    await store.close()
+    await stores.close()
 
 
 async def _agents(app: web.Application) -> AsyncIterator[None]:
@@ -64,13 +64,10 @@ async def _dispatcher(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _router(app: web.Application) -> AsyncIterator[None]:
-    store = app[keys.STORE]
-    if not isinstance(store, SqliteStore):
-        raise TypeError(f"routing needs the SQLite store, not {type(store).__name__}")
     hub = app[keys.HUB]
     router = Router(
-        store,
-        FleetStore(store.db, store.sealer),
+        app[keys.STORE],
+        app[keys.STORES].fleet,
         app[keys.AGENTS],
         app[keys.DISPATCHER],
         hub,
@@ -99,9 +96,7 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
 
 async def _metric_history(app: web.Application) -> AsyncIterator[None]:
     store, settings = app[keys.STORE], app[keys.CONFIG].metrics
-    if not isinstance(store, SqliteStore):
-        raise TypeError(f"metric history needs the SQLite store, not {type(store).__name__}")
-    app[keys.METRICS_STORE] = metrics_store = MetricsStore(store.db, Retention.of(settings))
+    app[keys.METRICS_STORE] = metrics_store = app[keys.STORES].metrics
     runners = app[keys.CONFIG].runners
     app[keys.HEARTBEATS] = heartbeats = Heartbeats(
         store, metrics_store, runners.heartbeat_flush_interval, runners.heartbeat_max_pending
@@ -114,10 +109,7 @@ async def _metric_history(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _audit(app: web.Application) -> AsyncIterator[None]:
-    store = app[keys.STORE]
-    if not isinstance(store, SqliteStore):
-        raise TypeError(f"the audit trail needs the SQLite store, not {type(store).__name__}")
-    app[keys.AUDIT] = trail = AuditLog(store.db, app[keys.CONFIG].audit.retention_days)
+    app[keys.AUDIT] = trail = AuditLog(app[keys.STORES].audit, app[keys.CONFIG].audit.retention_days)
     await trail.start()
     yield
     await trail.close()

@@ -17,7 +17,9 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import structlog
 from aiohttp import web
@@ -29,6 +31,9 @@ from shared.models import MAX_LIST_LIMIT, AuditEntry, AuditList
 from shared.sqlite import Database
 from shared.tasks import TaskSet
 from shared.timeutil import from_epoch
+
+if TYPE_CHECKING:
+    from coordinator.store.protocols import AuditStorage
 
 log = structlog.get_logger(__name__)
 
@@ -121,9 +126,63 @@ class Record:
 PRUNE_INTERVAL = 3600.0
 
 
-class AuditLog:
-    def __init__(self, db: Database, retention_days: float = 365.0) -> None:
+class SqliteAuditStorage:
+    """The ``audit`` table of the SQLite store."""
+
+    def __init__(self, db: Database) -> None:
         self._db = db
+
+    async def first_used(self) -> set[str]:
+        def op(conn: sqlite3.Connection) -> set[str]:
+            rows = conn.execute("SELECT DISTINCT principal FROM audit WHERE action = ?", (FIRST_USE,))
+            return {str(row[0]) for row in rows}
+
+        return await self._db.read(op)
+
+    async def append(self, records: Sequence[Record]) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "INSERT INTO audit (ts, principal, role, client, action, method, path, runner_id, job_id, status,"
+                " outcome, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [r.row() for r in records],
+            )
+
+        await self._db.run(op)
+
+    async def prune(self, before: float) -> int:
+        def op(conn: sqlite3.Connection) -> int:
+            return conn.execute("DELETE FROM audit WHERE ts < ?", (before,)).rowcount
+
+        return await self._db.run(op)
+
+    async def query(
+        self, since: float | None, until: float | None, principal: str | None, limit: int, offset: int
+    ) -> tuple[list[AuditEntry], int]:
+        where, args = ["1=1"], list[object]()
+        if since is not None:
+            where.append("ts >= ?")
+            args.append(since)
+        if until is not None:
+            where.append("ts <= ?")
+            args.append(until)
+        if principal is not None:
+            where.append("principal = ?")
+            args.append(principal)
+        clause = " AND ".join(where)
+
+        def op(conn: sqlite3.Connection) -> tuple[list[AuditEntry], int]:
+            total = int(conn.execute(f"SELECT COUNT(*) FROM audit WHERE {clause}", args).fetchone()[0])
+            rows = conn.execute(
+                f"SELECT * FROM audit WHERE {clause} ORDER BY id DESC LIMIT ? OFFSET ?", [*args, limit, offset]
+            ).fetchall()
+            return [_entry(row) for row in rows], total
+
+        return await self._db.read(op)
+
+
+class AuditLog:
+    def __init__(self, storage: AuditStorage, retention_days: float = 365.0) -> None:
+        self._storage = storage
         self._retention = retention_days * 86400
         self._queue: list[Record] = []
         self._wake = asyncio.Event()
@@ -132,22 +191,13 @@ class AuditLog:
         self.dropped = 0
 
     async def start(self) -> None:
-        def op(conn: sqlite3.Connection) -> set[str]:
-            rows = conn.execute("SELECT DISTINCT principal FROM audit WHERE action = ?", (FIRST_USE,))
-            return {str(row[0]) for row in rows}
-
-        self._seen = await self._db.read(op)
+        self._seen = await self._storage.first_used()
         self._tasks.spawn(self._write_forever(), "writer")
         self._tasks.spawn(self._prune_forever(), "retention")
 
     async def prune(self, now: float | None = None) -> int:
         """Delete the entries older than the retention; how many went."""
-        cutoff = (time.time() if now is None else now) - self._retention
-
-        def op(conn: sqlite3.Connection) -> int:
-            return conn.execute("DELETE FROM audit WHERE ts < ?", (cutoff,)).rowcount
-
-        return await self._db.run(op)
+        return await self._storage.prune((time.time() if now is None else now) - self._retention)
 
     async def _prune_forever(self) -> None:
         while True:
@@ -191,16 +241,8 @@ class AuditLog:
         batch, self._queue = self._queue, []
         if not batch:
             return
-
-        def op(conn: sqlite3.Connection) -> None:
-            conn.executemany(
-                "INSERT INTO audit (ts, principal, role, client, action, method, path, runner_id, job_id, status,"
-                " outcome, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [r.row() for r in batch],
-            )
-
         try:
-            await self._db.run(op)
+            await self._storage.append(batch)
         except Exception:
             self._queue[:0] = batch  # kept for the next write
             raise
@@ -213,26 +255,7 @@ class AuditLog:
         self, since: float | None, until: float | None, principal: str | None, limit: int, offset: int
     ) -> tuple[list[AuditEntry], int]:
         await self.flush()
-        where, args = ["1=1"], list[object]()
-        if since is not None:
-            where.append("ts >= ?")
-            args.append(since)
-        if until is not None:
-            where.append("ts <= ?")
-            args.append(until)
-        if principal is not None:
-            where.append("principal = ?")
-            args.append(principal)
-        clause = " AND ".join(where)
-
-        def op(conn: sqlite3.Connection) -> tuple[list[AuditEntry], int]:
-            total = int(conn.execute(f"SELECT COUNT(*) FROM audit WHERE {clause}", args).fetchone()[0])
-            rows = conn.execute(
-                f"SELECT * FROM audit WHERE {clause} ORDER BY id DESC LIMIT ? OFFSET ?", [*args, limit, offset]
-            ).fetchall()
-            return [_entry(row) for row in rows], total
-
-        return await self._db.read(op)
+        return await self._storage.query(since, until, principal, limit, offset)
 
 
 def _entry(row: sqlite3.Row) -> AuditEntry:

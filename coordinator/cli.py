@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             url=f"{scheme}://{config.listen.host}:{config.listen.port}/api",
             tls=ssl_context is not None,
             mutual_tls=config.tls.client_ca_file is not None,
-            database=str(config.database_path),
+            database=config.database_name,
         )
 
     async def stop_with_launcher(_: web.Application) -> None:
@@ -136,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     except DamagedState as e:
         print(f"rustci-coordinator: {e}", file=sys.stderr)
         return EXIT_DAMAGED_STATE
+    except ConfigError as e:  # found at start, when the stores are built (``coordinator.store.factory``)
+        print(f"rustci-coordinator: {e}", file=sys.stderr)
+        return 2
     log.info("coordinator stopped")
     return 0
 

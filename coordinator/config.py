@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
@@ -221,12 +222,34 @@ class AuditSettings(Settings):
     """Audit entries older than this are deleted (checked at start and hourly)."""
 
 
+DatabaseEngine = Literal["sqlite", "postgresql"]
+POSTGRES_SCHEMES = ("postgresql", "postgres")
+
+
+class DatabasePool(Settings):
+    """Connections each coordinator keeps to a PostgreSQL database (SQLite has one, on its own thread)."""
+
+    min_size: int = Field(default=1, ge=0, le=1000)
+    """Opened at start and kept."""
+    max_size: int = Field(default=10, ge=1, le=1000)
+    """The most held at once; an operation beyond them waits for one. Several coordinators: their sum must stay
+    under the server's ``max_connections``."""
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DatabasePool:
+        if self.min_size > self.max_size:
+            raise ValueError(f"database_pool.min_size ({self.min_size}) exceeds max_size ({self.max_size})")
+        return self
+
+
 class CoordinatorConfig(Settings):
     listen: Listen = Field(default_factory=Listen)
     state_dir: Path = Path(".rustci/coordinator")
     """Where the database and the generated keys live."""
-    database: Path | None = None
-    """The SQLite file; default ``<state_dir>/coordinator.db``."""
+    database: str | None = None
+    """The SQLite file (default ``<state_dir>/coordinator.db``) or a ``postgresql://user[:password]@host:port/db``
+    URL, for several coordinators sharing one database."""
+    database_pool: DatabasePool = Field(default_factory=DatabasePool)
     auth: Auth = Field(default_factory=Auth)
     runners: Runners = Field(default_factory=Runners)
     agents: Agents = Field(default_factory=Agents)
@@ -243,6 +266,18 @@ class CoordinatorConfig(Settings):
     audit: AuditSettings = Field(default_factory=AuditSettings)
     trusted_proxies: list[str] = Field(default_factory=list, max_length=1000)
     """Addresses or networks (``10.0.0.0/8``) of reverse proxies whose ``X-Forwarded-For`` is believed."""
+
+    @field_validator("database")
+    @classmethod
+    def _database(cls, database: str | None) -> str | None:
+        if database is None or "://" not in database:
+            return database or None
+        parts = urlsplit(database)
+        if parts.scheme not in POSTGRES_SCHEMES:
+            raise ValueError(f"database: a file path or a postgresql:// URL, not a {parts.scheme}:// URL")
+        if not parts.hostname or not parts.path.strip("/"):
+            raise ValueError("database: a postgresql:// URL names a host and a database (postgresql://host:5432/db)")
+        return database
 
     @field_validator("trusted_proxies")
     @classmethod
@@ -268,8 +303,32 @@ class CoordinatorConfig(Settings):
         return not self.tls.enabled and not is_loopback(self.listen.host)
 
     @property
+    def database_engine(self) -> DatabaseEngine:
+        return "postgresql" if self.database and "://" in self.database else "sqlite"
+
+    @property
     def database_path(self) -> Path:
-        return self.database or self.state_dir / "coordinator.db"
+        """The SQLite file (for the ``sqlite`` engine)."""
+        if self.database_engine != "sqlite":
+            raise ValueError("the database is not an SQLite file")
+        return Path(self.database) if self.database else self.state_dir / "coordinator.db"
+
+    @property
+    def database_url(self) -> str:
+        """The PostgreSQL URL (for the ``postgresql`` engine)."""
+        if self.database_engine != "postgresql" or self.database is None:
+            raise ValueError("the database is not a PostgreSQL URL")
+        return self.database
+
+    @property
+    def database_name(self) -> str:
+        """The database for logs and health reports: the file, or the URL without its password."""
+        if self.database_engine == "sqlite":
+            return str(self.database_path)
+        parts = urlsplit(self.database_url)
+        if parts.password is None:
+            return self.database_url
+        return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)).geturl()
 
 
 def is_loopback(host: str) -> bool:

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from coordinator import keys
 from coordinator.api import events
-from coordinator.store.base import RunnerRecord
+from coordinator.store.base import RunnerChanges, RunnerRecord
 from shared.errors import InvalidRequest, JobNotCancellable, JobNotFound
 from shared.http import validation_error
 from shared.models import TERMINAL_JOB_STATUSES, RestartRequest, RunnerConfigUpdate, StopRequest
@@ -30,7 +30,7 @@ async def _set_status(app: web.Application, runner: RunnerRecord, status: str) -
     if runner.status == status:
         return
     now = time.time()
-    await app[keys.STORE].update_runner(runner.id, {"status": status}, now)
+    await app[keys.STORE].update_runner(runner.id, RunnerChanges(status=status), now)
     app[keys.HUB].publish(
         events.runner_event("runner_status_change", runner.id, now, old_status=runner.status, new_status=status)
     )
@@ -51,7 +51,7 @@ async def update_config(app: web.Application, runner: RunnerRecord, body: dict[s
     if update.max_concurrent_jobs is not None:
         # Keep the registry's view (used for start-time estimates) in step with the agent.
         metadata = {**runner.metadata, "max_concurrent_jobs": update.max_concurrent_jobs}
-        await app[keys.STORE].update_runner(runner.id, {"metadata": metadata}, time.time())
+        await app[keys.STORE].update_runner(runner.id, RunnerChanges(metadata=metadata), time.time())
     return answer
 
 

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import structlog
 
 from coordinator.store.base import StatusChange, Store
-from coordinator.store.metrics import MetricsStore
+from coordinator.store.protocols import MetricsStore
 from shared.models import CurrentLoad, MetricSample
 
 log = structlog.get_logger(__name__)

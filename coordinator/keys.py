@@ -22,13 +22,17 @@ if TYPE_CHECKING:
     from coordinator.routing import Router
     from coordinator.sse import LogFeed
     from coordinator.store.base import Store
-    from coordinator.store.metrics import MetricsStore
+    from coordinator.store.factory import Stores
+    from coordinator.store.protocols import LogStore, MetricsStore
     from coordinator.tickets import TicketBook
 
 CONFIG: web.AppKey[CoordinatorConfig] = web.AppKey("config")
 CREDENTIALS: web.AppKey[Credentials] = web.AppKey("credentials")
 RUNNER_TOKENS: web.AppKey[TokenCache] = web.AppKey("runner_tokens")
+STORES: web.AppKey[Stores] = web.AppKey("stores")
+"""Every store, for the configured engine (``coordinator.store.factory``); handlers use the keys below."""
 STORE: web.AppKey[Store] = web.AppKey("store")
+LOG_STORE: web.AppKey[LogStore] = web.AppKey("log_store")
 AGENTS: web.AppKey[AgentClient] = web.AppKey("agents")
 DISPATCHER: web.AppKey[Dispatcher] = web.AppKey("dispatcher")
 ROUTER: web.AppKey[Router] = web.AppKey("router")

@@ -3,7 +3,7 @@
 An owned background task: a pass at start over every job, then, while logs are written, one pass every
 ``logs.retention_interval`` seconds over the jobs written to meanwhile (and the total). Between passes
 nothing is checked, so a job may pass its limit by what arrives in one interval; the pass then deletes its
-oldest chunks (``LogQueries.enforce``, ``coordinator.store.chunks``). Idle logs cost nothing.
+oldest chunks (``LogStore.enforce``, ``coordinator.store.protocols``). Idle logs cost nothing.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from aiohttp import web
 
 from coordinator import keys
 from coordinator.config import Logs
-from coordinator.store.logs import LogQueries, log_queries
+from coordinator.store.protocols import LogStore
 from shared.models import AgentEvent, LogEvent
 from shared.tasks import TaskSet
 
@@ -24,7 +24,7 @@ log = structlog.get_logger(__name__)
 
 
 class LogRetention:
-    def __init__(self, store: LogQueries, settings: Logs) -> None:
+    def __init__(self, store: LogStore, settings: Logs) -> None:
         self._store = store
         self._settings = settings
         self._jobs: set[str] = set()
@@ -68,7 +68,7 @@ class LogRetention:
 
 async def log_retention(app: web.Application) -> AsyncIterator[None]:
     """Cleanup context: the retention task, when a limit is set."""
-    retention = LogRetention(log_queries(app[keys.STORE]), app[keys.CONFIG].logs)
+    retention = LogRetention(app[keys.LOG_STORE], app[keys.CONFIG].logs)
     tasks = TaskSet("logs")
     if retention.enabled:
         app[keys.LOG_FEED].listeners.append(retention.observe)

@@ -23,7 +23,7 @@ from prometheus_client.registry import Collector
 
 from coordinator.hub import Hub
 from coordinator.store.base import StatusChange
-from coordinator.store.metrics import MetricsStore
+from coordinator.store.protocols import MetricsStore
 from shared.logs import DroppedLines
 from shared.models import RUNNER_STATUSES, RUNNER_TYPES, TERMINAL_JOB_STATUSES, AgentEvent, LogEvent
 from shared.prometheus import daemon_registry
@@ -131,13 +131,13 @@ class CoordinatorMetrics:
 
     # --- scrape --------------------------------------------------------------------------------------------
 
-    async def refresh(self, store: MetricsStore, hub: Hub, sse_clients: int) -> None:
+    async def refresh(self, store: MetricsStore, hub: Hub, sse_clients: int, storage_errors: int) -> None:
         """Read the values computed at scrape time; call right before :meth:`exposition`."""
         self._scraped.runners, self._scraped.jobs = await store.registry_counts()
         self._scraped.websocket_clients = hub.client_count
         self._scraped.websocket_slow = hub.slow_disconnects
         self._scraped.sse_clients = sse_clients
-        self._scraped.storage_errors = store.db.errors
+        self._scraped.storage_errors = storage_errors
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -42,7 +42,8 @@ from coordinator.dispatch import Dispatcher
 from coordinator.hub import Hub
 from coordinator.proxy import AgentClient
 from coordinator.store.base import QueueState, RunnerFilter, RunnerRecord, StatusChange, Store
-from coordinator.store.fleet import FleetJob, FleetStore
+from coordinator.store.fleet import FleetJob
+from coordinator.store.protocols import FleetStore
 from shared.models import TERMINAL_JOB_STATUSES
 from shared.tasks import TaskSet
 from shared.timeutil import from_epoch, isoformat

@@ -103,7 +103,7 @@ def announce_ready(app: web.Application, notifier: Notifier) -> None:
     log.info(
         "coordinator listening",
         url=f"http://{config.listen.host}:{config.listen.port}/api",
-        database=str(config.database_path),
+        database=config.database_name,
     )
     notifier.ready(_status(app))
 

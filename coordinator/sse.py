@@ -31,7 +31,8 @@ from aiohttp_sse import EventSourceResponse, sse_response
 
 from coordinator import keys
 from coordinator.store.base import Store
-from coordinator.store.logs import PAGE, LogEntry, LogFilter, LogQueries, log_entries, log_queries
+from coordinator.store.logs import PAGE, LogEntry, LogFilter, log_entries
+from coordinator.store.protocols import LogStore
 from shared.http import dumps
 from shared.models import TERMINAL_JOB_STATUSES, AgentEvent, JobEvent
 
@@ -157,8 +158,7 @@ async def follow(
     follower = feed.follow(runner_id)  # before the backlog is read: see the module docstring
     try:
         async with sse_response(request, sep="\n", ping_interval=keepalive) as response:
-            store = request.app[keys.STORE]
-            stream = _Stream(response, follower, log_queries(store), store, runner_id, where)
+            stream = _Stream(response, follower, request.app[keys.LOG_STORE], request.app[keys.STORE], runner_id, where)
             with contextlib.suppress(ConnectionResetError):  # the client went away mid-write
                 await stream.backlog(start)
                 await stream.live(request, keepalive)
@@ -172,7 +172,7 @@ class _Stream:
         self,
         response: EventSourceResponse,
         follower: Follower,
-        store: LogQueries,
+        store: LogStore,
         jobs: Store,
         runner_id: str,
         where: LogFilter,

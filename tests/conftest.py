@@ -26,6 +26,7 @@ from coordinator.app import make_app
 from coordinator.config import CoordinatorConfig
 from tests import postgres_support
 from tests.helpers import Api, DaemonProcess, ProcessMarker, free_port, wait_for
+from tests.store_support import ENGINES, StoreDatabase
 
 API_KEY = "test-admin-key-0123456789abcdef"
 REGISTRATION_KEY = "test-registration-key-0123456789"
@@ -117,10 +118,44 @@ async def running_coordinator(config: CoordinatorConfig) -> AsyncIterator[Coordi
         await handle.stop()
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "sqlite_only: reads the SQLite database directly; not run on PostgreSQL")
+
+
 @pytest.fixture
-async def coordinator(tmp_path: Path) -> AsyncIterator[CoordinatorHandle]:
-    async with running_coordinator(coordinator_config(tmp_path / "coordinator")) as handle:
+def database_engine() -> str:
+    """The engine the ``coordinator`` fixture stores in: SQLite; ``tests/coordinator/conftest.py`` parametrises it
+    over both engines for the API suite."""
+    return "sqlite"
+
+
+@pytest.fixture
+def coordinator_database(request: pytest.FixtureRequest, database_engine: str) -> str | None:
+    """The ``database`` setting for ``database_engine``: ``None`` (the state dir's SQLite file) or a fresh
+    PostgreSQL database."""
+    if database_engine == "postgresql":
+        return str(request.getfixturevalue("postgres_url"))
+    return None
+
+
+@pytest.fixture
+async def coordinator(tmp_path: Path, coordinator_database: str | None) -> AsyncIterator[CoordinatorHandle]:
+    overrides = {"database": coordinator_database} if coordinator_database else {}
+    async with running_coordinator(coordinator_config(tmp_path / "coordinator", **overrides)) as handle:
         yield handle
+
+
+@pytest.fixture(params=ENGINES)
+async def store_database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StoreDatabase]:
+    """One store database on each engine (``tests/store_support.py``); its stores are closed at teardown."""
+    if request.param == "postgresql":
+        database = StoreDatabase("postgresql", str(request.getfixturevalue("postgres_url")))
+    else:
+        database = StoreDatabase("sqlite", str(tmp_path / "store.db"))
+    try:
+        yield database
+    finally:
+        await database.close()
 
 
 def agent_config(state_dir: Path, coordinator_url: str, **overrides: Any) -> AgentConfig:

@@ -25,7 +25,7 @@ from coordinator import keys
 from coordinator.api import events
 from coordinator.api.runners import get_runner_or_404
 from coordinator.proxy import AgentLink
-from coordinator.store.base import RunnerRecord
+from coordinator.store.base import RunnerChanges, RunnerRecord
 from shared import protocol
 from shared.errors import ApiError, InternalError, InvalidRequest, RunnerNotFound
 from shared.http import dumps, json_response, parse_body, validation_error
@@ -81,21 +81,21 @@ async def announce(app: web.Application, runner: RunnerRecord, hello: protocol.H
     metadata = {**runner.metadata, **hello.metadata}
     if hello.version:
         metadata["agent_version"] = hello.version
-    changes: dict[str, Any] = {
-        "host": hello.host,
-        "port": hello.port,
-        "capabilities": list(dict.fromkeys(hello.capabilities)),
-        "tags": list(dict.fromkeys(hello.tags)),
-        "metadata": metadata,
-        "last_seen": now,
-    }
     interval = metadata.get("heartbeat_interval")
-    if isinstance(interval, int | float) and not isinstance(interval, bool) and 0 < interval <= 3600:
-        changes["heartbeat_interval"] = float(interval)
-    if hello.resources is not None:
-        changes["resources"] = hello.resources.model_dump(exclude_none=True)
+    if not (isinstance(interval, int | float) and not isinstance(interval, bool) and 0 < interval <= 3600):
+        interval = None
+    changes = RunnerChanges(
+        host=hello.host,
+        port=hello.port,
+        capabilities=list(dict.fromkeys(hello.capabilities)),
+        tags=list(dict.fromkeys(hello.tags)),
+        metadata=metadata,
+        last_seen=now,
+        heartbeat_interval=None if interval is None else float(interval),
+        resources=hello.resources.model_dump(exclude_none=True) if hello.resources is not None else None,
+    )
     await app[keys.STORE].update_runner(runner.id, changes, now)
-    fields = sorted(set(changes) - {"heartbeat_interval", "last_seen"})
+    fields = sorted(set(changes.names()) - {"heartbeat_interval", "last_seen"})
     app[keys.HUB].publish(events.runner_event("runner_updated", runner.id, now, fields=fields))
 
 

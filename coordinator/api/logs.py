@@ -11,7 +11,7 @@ from aiohttp import web
 
 from coordinator import keys, sse
 from coordinator.api.runners import get_runner_or_404
-from coordinator.store.logs import LogFilter, log_queries
+from coordinator.store.logs import LogFilter
 from coordinator.store.schema import LEVELS
 from shared.errors import InvalidRequest
 from shared.http import json_response, query_bool, query_choice, query_int, query_time
@@ -29,7 +29,7 @@ async def get_logs(request: web.Request) -> web.StreamResponse:
         start = sse.Start(after_seq=_last_event_id(request), tail=limit)
         keepalive = request.app[keys.CONFIG].log_stream.keepalive_interval
         return await sse.follow(request, runner.id, where, start, keepalive)
-    store = log_queries(request.app[keys.STORE])
+    store = request.app[keys.LOG_STORE]
     page = await store.page(runner.id, where, limit, oldest_first=where.since is not None)
     return json_response(
         {

@@ -11,7 +11,7 @@ from aiohttp import web
 from coordinator import audit, keys
 from coordinator.api import events
 from coordinator.api.views import runner_detail_json, runner_list_json
-from coordinator.store.base import RunnerFilter, RunnerRecord
+from coordinator.store.base import RunnerChanges, RunnerFilter, RunnerRecord
 from shared import ids
 from shared.errors import InvalidRequest, RunnerBusy, RunnerNotFound
 from shared.http import json_response, parse_body, query_bool, query_choice, query_int
@@ -113,7 +113,7 @@ async def update_runner(request: web.Request) -> web.Response:
     principal = request.get(keys.PRINCIPAL)
     if principal is not None and principal.role == "runner":
         changes["last_seen"] = now  # the runner's own agent re-announcing itself is a sign of life
-    await request.app[keys.STORE].update_runner(runner.id, changes, now)
+    await request.app[keys.STORE].update_runner(runner.id, RunnerChanges(**changes), now)
     request.app[keys.HUB].publish(events.runner_event("runner_updated", runner.id, now, fields=announced))
     return json_response(Ok(message="Runner updated successfully"))
 

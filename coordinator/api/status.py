@@ -172,5 +172,7 @@ async def runner_metrics(request: web.Request) -> web.Response:
 async def prometheus(request: web.Request) -> web.Response:
     metrics = request.app[keys.PROMETHEUS]
     app = request.app
-    await metrics.refresh(app[keys.METRICS_STORE], app[keys.HUB], app[keys.LOG_FEED].follower_count)
+    await metrics.refresh(
+        app[keys.METRICS_STORE], app[keys.HUB], app[keys.LOG_FEED].follower_count, app[keys.STORE].storage_errors
+    )
     return web.Response(body=metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})

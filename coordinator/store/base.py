@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Protocol
 
 from shared.models import AgentEvent, CurrentLoad, JobSubmission
@@ -30,6 +31,58 @@ class RunnerRecord:
     wire: str | None = field(default=None, compare=False, repr=False)
     """The record as the API shows it, serialised once (``coordinator.api.views.runner_json``); a record is
     never changed in place (a write makes a new one), so this stays true."""
+
+
+@dataclass(frozen=True, slots=True)
+class PendingHeartbeat:
+    """A heartbeat a store recorded and has not written yet (stores batch heartbeats that keep the status)."""
+
+    load_json: str
+    load: CurrentLoad
+    interval: float
+    at: float
+
+    def applied(self, runner: RunnerRecord) -> RunnerRecord:
+        """The record as it is once this heartbeat is written (``last_seen`` never moves back)."""
+        return replace(
+            runner,
+            load=self.load,
+            heartbeat_interval=self.interval,
+            last_seen=max(runner.last_seen, self.at),
+            last_heartbeat=self.at,
+            wire=None,
+        )
+
+
+@dataclass(frozen=True)
+class RunnerChanges:
+    """What one update changes in a runner's record; ``None`` leaves a field as it is."""
+
+    name: str | None = None
+    host: str | None = None
+    port: int | None = None
+    status: str | None = None
+    capabilities: list[str] | None = None
+    tags: list[str] | None = None
+    metadata: dict[str, Any] | None = None
+    resources: dict[str, Any] | None = None
+    token: str | None = None
+    heartbeat_interval: float | None = None
+    last_seen: float | None = None
+
+    def names(self) -> list[str]:
+        """The fields this update sets, in declaration order."""
+        return [f.name for f in fields(self) if getattr(self, f.name) is not None]
+
+    def stored(self) -> dict[str, Any]:
+        """The fields this update sets as every engine stores them (lists and objects as JSON text)."""
+        values = {name: getattr(self, name) for name in self.names()}
+        return {name: json.dumps(v) if isinstance(v, list | dict) else v for name, v in values.items()}
+
+    @property
+    def changes_membership(self) -> bool:
+        """Whether the update may change which runner filters the record matches."""
+        return self.status is not None or self.tags is not None
 
 
 @dataclass
@@ -109,6 +162,11 @@ class Store(Protocol):
         """Why the store cannot write now (disk full, read-only), or None; re-checked while there is one."""
         ...
 
+    @property
+    def storage_errors(self) -> int:
+        """Operations that failed because the storage refused them, since start (for metrics)."""
+        ...
+
     # runners
     async def insert_runner(self, runner: RunnerRecord) -> None: ...
     async def get_runner(self, runner_id: str) -> RunnerRecord | None: ...
@@ -116,7 +174,7 @@ class Store(Protocol):
     async def list_runners(
         self, filters: RunnerFilter, limit: int | None, offset: int
     ) -> tuple[list[RunnerRecord], int]: ...
-    async def update_runner(self, runner_id: str, changes: dict[str, Any], now: float) -> RunnerRecord | None: ...
+    async def update_runner(self, runner_id: str, changes: RunnerChanges, now: float) -> RunnerRecord | None: ...
     async def delete_runner(self, runner_id: str) -> bool: ...
     async def record_heartbeat(
         self, runner_id: str, load: CurrentLoad, status: str, interval: float, now: float

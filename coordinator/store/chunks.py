@@ -45,7 +45,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from operator import itemgetter
-from typing import Any, Protocol
+from typing import Any
 
 from shared.timeutil import from_epoch, isoformat
 
@@ -364,26 +364,3 @@ class Dropped:
 
     chunks: int = 0
     bytes: int = 0
-
-
-# --- what an engine offers ----------------------------------------------------------------------------------
-
-
-class LogQueries(Protocol):
-    """The log queries a store engine answers (``coordinator.store.logs.LogStore`` for SQLite). An engine's
-    store exposes them as its ``logs`` attribute; writing happens inside the engine's ``apply_events``."""
-
-    async def page(self, runner_id: str, where: LogFilter, limit: int, oldest_first: bool) -> LogPage:
-        """The first ``limit`` matching entries (``oldest_first``) or the last ``limit``, in order, with the
-        count of all matching entries (``LogPage``)."""
-        ...
-
-    async def after(self, runner_id: str, where: LogFilter, seq: int, limit: int) -> list[LogEntry]:
-        """Matching entries past sequence ``seq``, oldest first, at most ``limit``."""
-        ...
-
-    async def last_seq(self, runner_id: str) -> int: ...
-
-    async def enforce(self, max_per_job: int | None, max_total: int | None, jobs: Iterable[str] | None) -> Dropped:
-        """Delete whole chunks, oldest first, until the limits hold (``jobs``: only these; ``None``: all)."""
-        ...

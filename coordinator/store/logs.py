@@ -27,7 +27,6 @@ from coordinator.store.chunks import (
     LogEntry,
     LogFilter,
     LogPage,
-    LogQueries,
     Run,
     chunked,
     count_partial,
@@ -42,11 +41,9 @@ __all__ = [
     "LogEntry",
     "LogFilter",
     "LogPage",
-    "LogQueries",
     "LogStore",
     "entry_of",
     "log_entries",
-    "log_queries",
 ]
 
 PAGE = 1000
@@ -173,26 +170,9 @@ def _chunks(cursor: Iterable[sqlite3.Row]) -> Iterator[Chunk]:
     return (Chunk(*row) for row in cursor)
 
 
-def log_queries(store: object) -> LogQueries:
-    """The log queries of a store: its ``logs`` attribute if it has one (another engine), else the SQLite ones
-    on its database (``SqliteStore``)."""
-    queries = getattr(store, "logs", None)
-    if queries is not None:
-        return queries  # type: ignore[no-any-return]
-    return LogStore.of(store)
-
-
 class LogStore:
     def __init__(self, db: Database) -> None:
         self._db = db
-
-    @classmethod
-    def of(cls, store: object) -> LogStore:
-        """The log queries of a store that keeps its entries in SQLite (``SqliteStore``)."""
-        db = getattr(store, "db", None)
-        if not isinstance(db, Database):
-            raise TypeError(f"{type(store).__name__} does not keep log entries in SQLite")
-        return cls(db)
 
     async def page(self, runner_id: str, where: LogFilter, limit: int, oldest_first: bool) -> LogPage:
         """The first ``limit`` matching entries (``oldest_first``) or the last ``limit``; in order either way."""

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from collections.abc import Iterable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -16,13 +14,18 @@ from coordinator.store import events
 from coordinator.store.base import (
     AttemptRecord,
     JobRecord,
+    PendingHeartbeat,
     QueueState,
+    RunnerChanges,
     RunnerFilter,
     RunnerRecord,
     Statistics,
     StatusChange,
     StepRecord,
 )
+from coordinator.store.rows import RUNNER_INSERT_COLUMNS, runner_values, stored_spec
+from coordinator.store.rows import job_of as _job
+from coordinator.store.rows import runner_of as _runner
 from coordinator.store.schema import MIGRATIONS
 from shared.models import AgentEvent, CurrentLoad, JobSubmission
 from shared.sqlite import Database
@@ -36,47 +39,7 @@ MEMBERSHIP_CACHE_SIZE = 256
 """Distinct runner filters whose matching ids are kept (a new one past this clears them all)."""
 
 
-def _runner(row: sqlite3.Row) -> RunnerRecord:
-    return RunnerRecord(
-        id=row["id"],
-        name=row["name"],
-        type=row["type"],
-        status=row["status"],
-        host=row["host"],
-        port=row["port"],
-        token=row["token"],
-        registered_at=row["registered_at"],
-        last_seen=row["last_seen"],
-        last_heartbeat=row["last_heartbeat"],
-        heartbeat_interval=row["heartbeat_interval"],
-        capabilities=json.loads(row["capabilities"]),
-        tags=json.loads(row["tags"]),
-        metadata=json.loads(row["metadata"]),
-        resources=json.loads(row["resources"]),
-        load=CurrentLoad.model_validate_json(row["load"]),
-        updated_at=row["updated_at"],
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class _Beat:
-    load_json: str
-    load: CurrentLoad
-    interval: float
-    at: float
-
-    def applied(self, runner: RunnerRecord) -> RunnerRecord:
-        return replace(
-            runner,
-            load=self.load,
-            heartbeat_interval=self.interval,
-            last_seen=max(runner.last_seen, self.at),
-            last_heartbeat=self.at,
-            wire=None,
-        )
-
-
-def _write_beats(conn: sqlite3.Connection, beats: dict[str, _Beat]) -> None:
+def _write_beats(conn: sqlite3.Connection, beats: dict[str, PendingHeartbeat]) -> None:
     """The heartbeat columns of many runners in one statement; ``last_seen`` never moves back (an update
     through the API may have set it later meanwhile)."""
     if beats:
@@ -104,38 +67,6 @@ def _statistics(conn: sqlite3.Connection, runner_id: str) -> Statistics:
     )
 
 
-def _job(row: sqlite3.Row, sealer: Sealer | None) -> JobRecord:
-    spec = sealer.unseal(row["spec"], row["id"]) if sealer else JobSubmission.model_validate_json(row["spec"])
-    return JobRecord(
-        id=row["id"],
-        runner_id=row["runner_id"],
-        spec=spec,
-        status=row["status"],
-        created_at=row["created_at"],
-        attempt=row["attempt"],
-        exit_code=row["exit_code"],
-        reason=row["reason"],
-        started_at=row["started_at"],
-        completed_at=row["completed_at"],
-        delivered=bool(row["delivered"]),
-    )
-
-
-_RUNNER_COLUMNS: dict[str, Callable[[Any], Any]] = {
-    "name": lambda v: v,
-    "host": lambda v: v,
-    "port": lambda v: v,
-    "status": lambda v: v,
-    "capabilities": json.dumps,
-    "tags": json.dumps,
-    "metadata": json.dumps,
-    "resources": json.dumps,
-    "token": lambda v: v,
-    "heartbeat_interval": lambda v: v,
-    "last_seen": lambda v: v,
-}
-
-
 class SqliteStore:
     def __init__(self, path: Path, sealer: Sealer | None = None) -> None:
         self.db = Database(path, MIGRATIONS)
@@ -154,7 +85,7 @@ class SqliteStore:
         self._statistics: dict[str, tuple[float, Statistics]] = {}
         self._job_changes = 0
         # Heartbeats recorded but not yet written (see record_heartbeat), the latest per runner.
-        self._pending: dict[str, _Beat] = {}
+        self._pending: dict[str, PendingHeartbeat] = {}
 
     @property
     def sealer(self) -> Sealer | None:
@@ -174,7 +105,7 @@ class SqliteStore:
                 self._cache(runner)
 
     def _stored_spec(self, spec: JobSubmission) -> str:
-        return self._sealer.seal(spec) if self._sealer else spec.model_dump_json()
+        return stored_spec(spec, self._sealer)
 
     async def close(self) -> None:
         await self.flush_heartbeats()
@@ -183,32 +114,17 @@ class SqliteStore:
     async def storage_problem(self) -> str | None:
         return await self.db.storage_problem()
 
+    @property
+    def storage_errors(self) -> int:
+        return self.db.errors
+
     # --- runners -------------------------------------------------------------------------------------------
 
     async def insert_runner(self, runner: RunnerRecord) -> None:
         def op(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT INTO runners (id, name, type, status, host, port, capabilities, tags, metadata, resources,"
-                " token, registered_at, last_seen, heartbeat_interval, load)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    runner.id,
-                    runner.name,
-                    runner.type,
-                    runner.status,
-                    runner.host,
-                    runner.port,
-                    json.dumps(runner.capabilities),
-                    json.dumps(runner.tags),
-                    json.dumps(runner.metadata),
-                    json.dumps(runner.resources),
-                    runner.token,
-                    runner.registered_at,
-                    runner.last_seen,
-                    runner.heartbeat_interval,
-                    runner.load.model_dump_json(),
-                ),
-            )
+            values = runner_values(runner)
+            marks = ", ".join("?" * len(values))
+            conn.execute(f"INSERT INTO runners ({RUNNER_INSERT_COLUMNS}) VALUES ({marks})", values)
 
         await self.db.run(op)
         self._forget(runner.id, membership=True)
@@ -326,22 +242,21 @@ class SqliteStore:
             self._members[key] = (time.monotonic() + RUNNER_CACHE_TTL, ids)
         return ids
 
-    async def update_runner(self, runner_id: str, changes: dict[str, Any], now: float) -> RunnerRecord | None:
-        unknown = set(changes) - set(_RUNNER_COLUMNS)
-        if unknown:
-            raise ValueError(f"not runner columns: {sorted(unknown)}")
+    async def update_runner(self, runner_id: str, changes: RunnerChanges, now: float) -> RunnerRecord | None:
+        columns = changes.stored()
 
         def op(conn: sqlite3.Connection) -> RunnerRecord | None:
-            if changes:
-                sets = ", ".join(f"{column} = ?" for column in changes)
-                values = [_RUNNER_COLUMNS[c](v) for c, v in changes.items()]
-                conn.execute(f"UPDATE runners SET {sets}, updated_at = ? WHERE id = ?", [*values, now, runner_id])
+            if columns:
+                sets = ", ".join(f"{column} = ?" for column in columns)
+                conn.execute(
+                    f"UPDATE runners SET {sets}, updated_at = ? WHERE id = ?", [*columns.values(), now, runner_id]
+                )
             row = conn.execute("SELECT * FROM runners WHERE id = ?", (runner_id,)).fetchone()
             return _runner(row) if row else None
 
         result = await self.db.run(op)
         # after the write: see get_runner
-        self._forget(runner_id, membership=bool({"status", "tags"} & set(changes)))
+        self._forget(runner_id, membership=changes.changes_membership)
         return result
 
     async def delete_runner(self, runner_id: str) -> bool:
@@ -365,7 +280,7 @@ class SqliteStore:
             return None
         if runner.status != status:
             return await self._write_heartbeat(runner_id, load, status, interval, now)
-        beat = _Beat(load.model_dump_json(), load, interval, now)
+        beat = PendingHeartbeat(load.model_dump_json(), load, interval, now)
         self._pending[runner_id] = beat
         self._generation += 1  # a read in flight predates this heartbeat: it must not be cached
         self._runners[runner_id] = (time.monotonic() + RUNNER_CACHE_TTL, beat.applied(runner))

@@ -334,6 +334,7 @@ async def test_a_sample_that_arrives_after_its_bucket_was_rolled_up_joins_the_ro
     assert (found.average("memory_usage"), found.maximum("memory_usage")) == (250.0, 300)
 
 
+@pytest.mark.sqlite_only
 async def test_deleting_a_runner_deletes_its_history(coordinator: CoordinatorHandle) -> None:
     runner_id = await add_runner(coordinator)
     history = metrics_store(coordinator)
@@ -357,6 +358,7 @@ async def _history_rows(coordinator: CoordinatorHandle) -> int:
     return rows
 
 
+@pytest.mark.sqlite_only
 async def test_the_app_compacts_at_start_and_stops_the_task_on_shutdown(coordinator: CoordinatorHandle) -> None:
     runner_id = await add_runner(coordinator)
     now = time.time()

@@ -1,0 +1,126 @@
+"""The PostgreSQL database: a bounded pool, and a schema migrated exactly once however many coordinators start."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import pytest
+from structlog.testing import capture_logs
+
+from coordinator.store.postgres.database import PostgresDatabase
+from coordinator.store.postgres.schema import MIGRATIONS
+from coordinator.store.schema import MIGRATIONS as SQLITE_MIGRATIONS
+from shared.errors import StorageUnavailable
+from tests.helpers import free_port
+
+
+async def _tables(url: str) -> set[str]:
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        return {row["tablename"] for row in rows}
+    finally:
+        await conn.close()
+
+
+async def test_three_databases_opened_at_once_migrate_exactly_once(postgres_url: str) -> None:
+    databases = [PostgresDatabase(postgres_url, min_size=1, max_size=2) for _ in range(3)]
+    with capture_logs() as logs:
+        await asyncio.gather(*(db.open() for db in databases))
+    try:
+        migrated = [entry["version"] for entry in logs if entry["event"] == "database migrated"]
+        assert migrated == list(range(1, len(MIGRATIONS) + 1))
+        for db in databases:
+            async with db.connection() as conn:
+                versions = [r["version"] for r in await conn.fetch("SELECT version FROM schema_version ORDER BY 1")]
+            assert versions == list(range(1, len(MIGRATIONS) + 1))
+        # A fourth, started later, finds nothing left to do.
+        late = PostgresDatabase(postgres_url)
+        with capture_logs() as logs:
+            await late.open()
+        await late.close()
+        assert not [entry for entry in logs if entry["event"] == "database migrated"]
+    finally:
+        await asyncio.gather(*(db.close() for db in databases))
+
+
+async def test_every_sqlite_table_has_a_postgresql_table_of_the_same_name(postgres_url: str) -> None:
+    db = PostgresDatabase(postgres_url)
+    await db.open()
+    await db.close()
+    sqlite_tables = {
+        word.split("(")[0]
+        for script in SQLITE_MIGRATIONS
+        for statement in script.split(";")
+        if (words := statement.split())[:2] == ["CREATE", "TABLE"]
+        for word in words[2:3]
+    }
+    assert sqlite_tables <= await _tables(postgres_url)
+    assert {"fleet_settings", "rate_limit_counters", "coordinator_channels", "schema_version"} <= await _tables(
+        postgres_url
+    )
+
+
+async def test_a_transaction_commits_whole_or_not_at_all(postgres_url: str) -> None:
+    db = PostgresDatabase(postgres_url)
+    await db.open()
+    try:
+        async with db.transaction() as conn:
+            await conn.execute("INSERT INTO fleet_settings (name, value) VALUES ('a', '1')")
+        with pytest.raises(RuntimeError):
+            async with db.transaction() as conn:
+                await conn.execute("INSERT INTO fleet_settings (name, value) VALUES ('b', '2')")
+                raise RuntimeError("the operation failed half-way")
+        async with db.connection() as conn:
+            assert [r["name"] for r in await conn.fetch("SELECT name FROM fleet_settings ORDER BY 1")] == ["a"]
+        # A constraint violation is the caller's error, not the storage's.
+        with pytest.raises(asyncpg.UniqueViolationError):
+            async with db.transaction() as conn:
+                await conn.execute("INSERT INTO fleet_settings (name, value) VALUES ('a', '3')")
+        assert await db.storage_problem() is None
+    finally:
+        await db.close()
+
+
+async def test_a_server_that_is_gone_is_storage_unavailable(postgres_url: str) -> None:
+    db = PostgresDatabase(postgres_url)
+    await db.open()
+    await db.close()
+    # Closed: operations are refused as unavailable storage, not with an internal error.
+    with pytest.raises(StorageUnavailable):
+        async with db.transaction():
+            pass
+    nowhere = PostgresDatabase(f"postgresql://postgres@127.0.0.1:{free_port()}/none")
+    with pytest.raises(OSError):
+        await nowhere.open()
+
+
+async def _read_only(url: str, on: bool) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("SET default_transaction_read_only = off")
+        name = await conn.fetchval("SELECT current_database()")
+        await conn.execute(f'ALTER DATABASE "{name}" SET default_transaction_read_only = {"on" if on else "off"}')
+    finally:
+        await conn.close()
+
+
+async def test_a_read_only_database_is_reported_until_it_accepts_writes_again(postgres_url: str) -> None:
+    db = PostgresDatabase(postgres_url)
+    await db.open()
+    try:
+        await _read_only(postgres_url, True)
+        await db.pool.expire_connections()
+        with pytest.raises(StorageUnavailable):
+            async with db.transaction() as conn:
+                await conn.execute("INSERT INTO fleet_settings (name, value) VALUES ('a', '1')")
+        assert await db.storage_problem() is not None
+        assert await db.storage_problem() is not None  # re-checked, still read-only
+        await _read_only(postgres_url, False)
+        await db.pool.expire_connections()
+        assert await db.storage_problem() is None
+        async with db.transaction() as conn:
+            await conn.execute("INSERT INTO fleet_settings (name, value) VALUES ('a', '1')")
+    finally:
+        await db.close()
