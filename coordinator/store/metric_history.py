@@ -14,7 +14,7 @@ import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
@@ -39,6 +39,21 @@ COLUMNS = {"cpu_usage": "cpu", "memory_usage": "memory", "disk_usage": "disk", "
 """Each series' stored column (``metric_samples``) or column prefix (``metric_rollups``: ``<c>_sum``, ``<c>_max``)."""
 SCALE = 10
 """Stored values are integer tenths (of a percent; active jobs are stored as tenths too, so one scale fits all)."""
+
+
+class Row(Protocol):
+    """A result row of any engine (``sqlite3.Row``, ``asyncpg.Record``, a tuple), read by position."""
+
+    def __getitem__(self, index: int, /) -> Any: ...
+
+
+# Portable SQL over the metric tables (both engines run these fragments as they are).
+ROLLUP_VALUES = ", ".join(f"{c}_sum, {c}_max" for c in COLUMNS.values())
+"""The value columns of ``metric_rollups``, in :meth:`Bucket.of_row` order."""
+ROLLUP_AGGREGATES = ", ".join(f"SUM({c}_sum), MAX({c}_max)" for c in COLUMNS.values())
+RAW_AS_ROLLUP = ", ".join(f"{c}, {c}" for c in COLUMNS.values())
+"""A raw sample's values as a one-sample rollup's sums and maxima."""
+RAW_AGGREGATES = ", ".join(f"SUM({c}), MAX({c})" for c in COLUMNS.values())
 
 SampleRow = tuple[int, int, int, int, int, str]
 """One sample as stored: (ts in milliseconds, cpu, memory, disk, jobs in tenths, runner id)."""
@@ -75,7 +90,7 @@ class Bucket:
         return self.sums[name] / self.samples
 
     @classmethod
-    def of_row(cls, row: Sequence[Any]) -> Bucket:
+    def of_row(cls, row: Row) -> Bucket:
         """From an aggregate row: (start, samples, then sum and maximum of each series in :data:`COLUMNS` order)."""
         sums = {name: int(row[2 + 2 * i]) for i, name in enumerate(COLUMNS)}
         maxima = {name: int(row[3 + 2 * i]) for i, name in enumerate(COLUMNS)}

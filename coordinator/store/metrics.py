@@ -29,6 +29,10 @@ from coordinator.store.metric_history import (
     COLUMNS,
     FIVE_MINUTES,
     HOUR,
+    RAW_AGGREGATES,
+    RAW_AS_ROLLUP,
+    ROLLUP_AGGREGATES,
+    ROLLUP_VALUES,
     SCALE,
     SERIES,
     SLOT,
@@ -83,14 +87,10 @@ def _runner_seq(conn: sqlite3.Connection, runner_id: str) -> int | None:
 
 
 _TERMINAL = "(" + ", ".join(f"'{status}'" for status in TERMINAL_STATUSES) + ")"
-_AGGREGATES = ", ".join(f"SUM({c}_sum), MAX({c}_max)" for c in COLUMNS.values())
-_RAW_AS_ROLLUP = ", ".join(f"{c}, {c}" for c in COLUMNS.values())
-_ROLLUP_VALUES = ", ".join(f"{c}_sum, {c}_max" for c in COLUMNS.values())
-_RAW_AGGREGATES = ", ".join(f"SUM({c}), MAX({c})" for c in COLUMNS.values())
 _MERGE = ", ".join(
     f"{c}_sum = {c}_sum + excluded.{c}_sum, {c}_max = MAX({c}_max, excluded.{c}_max)" for c in COLUMNS.values()
 )
-_ROLLUP_INSERT = f"INSERT INTO metric_rollups (runner, width, ts, samples, slots, {_ROLLUP_VALUES})"
+_ROLLUP_INSERT = f"INSERT INTO metric_rollups (runner, width, ts, samples, slots, {ROLLUP_VALUES})"
 
 
 def _history(conn: sqlite3.Connection, runner_id: str, start: float, end: float, resolution: int) -> History | None:
@@ -99,14 +99,14 @@ def _history(conn: sqlite3.Connection, runner_id: str, start: float, end: float,
         return None
     rows = conn.execute(
         f"""
-        WITH data(ts, samples, {_ROLLUP_VALUES}) AS (
-            SELECT ts / 1000, 1, {_RAW_AS_ROLLUP} FROM metric_samples
+        WITH data(ts, samples, {ROLLUP_VALUES}) AS (
+            SELECT ts / 1000, 1, {RAW_AS_ROLLUP} FROM metric_samples
             WHERE runner = :seq AND ts BETWEEN :start_ms AND :end_ms
             UNION ALL
-            SELECT ts, samples, {_ROLLUP_VALUES} FROM metric_rollups
+            SELECT ts, samples, {ROLLUP_VALUES} FROM metric_rollups
             WHERE runner = :seq AND ts BETWEEN :start AND :end
         )
-        SELECT (ts / :res) * :res AS bucket, SUM(samples), {_AGGREGATES} FROM data GROUP BY bucket ORDER BY bucket
+        SELECT (ts / :res) * :res AS bucket, SUM(samples), {ROLLUP_AGGREGATES} FROM data GROUP BY bucket ORDER BY bucket
         """,
         {
             "seq": seq,
@@ -159,7 +159,7 @@ def _compact_runner(conn: sqlite3.Connection, seq: int, cutoffs: Cutoffs) -> Com
     # (a sample that arrived late) absorbs the new ones.
     conn.execute(
         f"{_ROLLUP_INSERT} SELECT ?, {FIVE_MINUTES}, ts / {FIVE_MINUTES * 1000} * {FIVE_MINUTES}, COUNT(*), 1,"
-        f" {_RAW_AGGREGATES} FROM metric_samples WHERE runner = ? AND ts < ? GROUP BY ts / {FIVE_MINUTES * 1000}"
+        f" {RAW_AGGREGATES} FROM metric_samples WHERE runner = ? AND ts < ? GROUP BY ts / {FIVE_MINUTES * 1000}"
         f" ON CONFLICT (runner, width, ts) DO UPDATE SET samples = samples + excluded.samples, {_MERGE}",
         (seq, seq, cutoffs.raw_before_ms),
     )
@@ -168,7 +168,7 @@ def _compact_runner(conn: sqlite3.Connection, seq: int, cutoffs: Cutoffs) -> Com
     ).rowcount
     # 5-minute rollups → hourly ones; an hourly rollup remembers how many 5-minute slots it holds (for uptime).
     conn.execute(
-        f"{_ROLLUP_INSERT} SELECT ?, {HOUR}, ts / {HOUR} * {HOUR}, SUM(samples), COUNT(*), {_AGGREGATES}"
+        f"{_ROLLUP_INSERT} SELECT ?, {HOUR}, ts / {HOUR} * {HOUR}, SUM(samples), COUNT(*), {ROLLUP_AGGREGATES}"
         f" FROM metric_rollups WHERE runner = ? AND width = {FIVE_MINUTES} AND ts < ? GROUP BY ts / {HOUR}"
         " ON CONFLICT (runner, width, ts) DO UPDATE SET samples = samples + excluded.samples,"
         f" slots = MIN({HOUR // SLOT}, slots + excluded.slots), {_MERGE}",
