@@ -19,17 +19,23 @@ from typing import Any
 import pytest
 
 from coordinator.sealing import Sealer
-from coordinator.store import fleet, metrics
+from coordinator.store import chunks, events, fleet, logs, metrics
 from coordinator.store.metric_history import MetricHistory, Retention
 from coordinator.store.postgres import fleet as pg_fleet
+from coordinator.store.postgres import logs as pg_logs
 from coordinator.store.postgres import metrics as pg_metrics
 from coordinator.store.postgres.database import PostgresDatabase
+from coordinator.store.postgres.schema import MIGRATIONS as PG_MIGRATIONS
 from coordinator.store.schema import MIGRATIONS
 from shared import ids
-from shared.models import CurrentLoad, JobSubmission
+from shared.models import AgentEvent, CurrentLoad, JobSubmission, LogEvent
 from shared.sqlite import Database
 
 ENGINES = ["sqlite", "postgresql"]
+POSTGRES_MIGRATIONS = (
+    PG_MIGRATIONS if any("log_chunks" in m for m in PG_MIGRATIONS) else [*PG_MIGRATIONS, pg_logs.MIGRATION]
+)
+"""The PostgreSQL schema with the log chunk table (appended here while the schema's list does not have it)."""
 AnyFleetStore = fleet.FleetStore | pg_fleet.PostgresFleetStore
 _MARK = re.compile(r"\?")
 
@@ -135,6 +141,33 @@ class Engine:
         assert self.sqlite is not None
         return fleet.FleetStore(self.sqlite, sealer)
 
+    def logs(self) -> logs.LogStore | pg_logs.PostgresLogStore:
+        if self.postgres is not None:
+            return pg_logs.PostgresLogStore(self.postgres)
+        assert self.sqlite is not None
+        return logs.LogStore(self.sqlite)
+
+    def log_filter(self, **where: Any) -> Any:
+        """A filter the engine's log store takes (the chunk store's ``LogFilter``, which the SQLite log module
+        shares once it keeps chunks too)."""
+        return chunks.LogFilter(**where) if self.postgres is not None else logs.LogFilter(**where)
+
+    async def append_logs(self, runner_id: str, batch: list[LogEvent]) -> None:
+        """Store log events as the engine's event application does, in one transaction."""
+        if self.postgres is not None:
+            entries = [
+                chunks.LogEntry(
+                    e.seq, e.at.timestamp(), chunks.LEVELS[e.level], e.message, e.job_id, e.step, e.stream, e.attempt
+                )
+                for e in batch
+            ]
+            async with self.postgres.transaction() as conn:
+                await pg_logs.append_log_lines(conn, runner_id, entries)
+            return
+        assert self.sqlite is not None
+        applied: list[AgentEvent] = list(batch)
+        await self.sqlite.run(lambda conn: events.apply(conn, runner_id, applied))
+
 
 def spec(name: str = "j", **extra: Any) -> JobSubmission:
     return JobSubmission.model_validate({"name": name, "steps": [{"name": "s", "run": "true"}], **extra})
@@ -150,7 +183,7 @@ def _numbered(sql: str) -> str:
 async def _opened(kind: str, url: str | None, path: Path | None) -> AsyncIterator[Engine]:
     if kind == "postgresql":
         assert url is not None
-        database = PostgresDatabase(url, max_size=4)
+        database = PostgresDatabase(url, max_size=4, migrations=POSTGRES_MIGRATIONS)
         await database.open()
         try:
             yield Engine(kind, postgres=database)

@@ -29,7 +29,7 @@ from coordinator.store.fleet_records import (
     stored_tags,
 )
 from coordinator.store.postgres.database import PostgresDatabase
-from coordinator.store.postgres.metrics import affected
+from coordinator.store.postgres.sql import affected
 
 _HELD = "runner_id IS NULL AND status = 'queued'"
 _RELEASE = """

@@ -41,6 +41,7 @@ from coordinator.store.metric_history import (
     SlotWindow,
 )
 from coordinator.store.postgres.database import Connection, PostgresDatabase
+from coordinator.store.postgres.sql import affected
 
 _MERGE = ", ".join(
     f"{c}_sum = r.{c}_sum + excluded.{c}_sum, {c}_max = GREATEST(r.{c}_max, excluded.{c}_max)" for c in COLUMNS.values()
@@ -101,11 +102,6 @@ WITH moved AS (
 )
 SELECT COUNT(*) FROM moved
 """
-
-
-def affected(status: str) -> int:
-    """The row count of a command status (``"DELETE 3"``, ``"INSERT 0 5"``)."""
-    return int(status.rsplit(" ", 1)[-1])
 
 
 async def _runner_seq(conn: Connection, runner_id: str) -> int | None:
