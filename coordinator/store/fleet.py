@@ -23,10 +23,10 @@ from coordinator.store.fleet_records import (
     JobRow,
     fleet_job,
     job_row,
-    spec_text,
     stored_tags,
     tag_set,
 )
+from coordinator.store.rows import stored_spec
 from shared.models import JobSubmission
 from shared.sqlite import Database
 
@@ -59,8 +59,8 @@ class FleetStore:
         self._sealer = sealer
         """Encrypts masked values in stored specs, as the job index does (see ``coordinator.sealing``)."""
 
-    def _spec_text(self, spec: JobSubmission) -> str:
-        return spec_text(spec, self._sealer)
+    def _stored_spec(self, spec: JobSubmission) -> str:
+        return stored_spec(spec, self._sealer)
 
     async def insert(self, job: FleetJob) -> None:
         def op(conn: sqlite3.Connection) -> None:
@@ -70,7 +70,7 @@ class FleetStore:
                 (
                     job.id,
                     job.spec.name,
-                    self._spec_text(job.spec),
+                    self._stored_spec(job.spec),
                     stored_tags(job.tags),
                     job.tag_set,
                     job.type,
@@ -142,7 +142,7 @@ class FleetStore:
             ).fetchall()
             conn.execute(
                 "INSERT INTO jobs (id, runner_id, name, spec, status, created_at) VALUES (?, ?, ?, ?, 'queued', ?)",
-                (job.id, runner_id, job.spec.name, self._spec_text(job.spec), job.created_at),
+                (job.id, runner_id, job.spec.name, self._stored_spec(job.spec), job.created_at),
             )
             record = JobRecord(
                 id=job.id, runner_id=runner_id, spec=job.spec, status="queued", created_at=job.created_at

@@ -1,17 +1,17 @@
 """The routed jobs' records, as every engine's fleet-job store reads and writes them (the tables are described in
 ``coordinator.store.fleet``).
 
-A row is anything indexed by column name (``sqlite3.Row``, ``asyncpg.Record``): the conversions here are the same
-for every engine, and so is how a spec is stored (sealed, see ``coordinator.sealing``).
+A row is anything indexed by column name (``coordinator.store.rows.Row``): the conversions here are the same for
+every engine, and so is how a spec is stored (``coordinator.store.rows.stored_spec``: masked values sealed).
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Protocol
 
 from coordinator.sealing import Sealer
+from coordinator.store.rows import Row
 from shared.models import JobSubmission
 
 OPEN_STATUSES = ("queued", "running")
@@ -28,15 +28,6 @@ SELECT id, name, status, runner_id, created_at, started_at, completed_at, exit_c
 ) AS every_job
 """
 """Every ``jobs`` row (routed or not) plus the held routed jobs, as ``GET /api/jobs`` lists them (portable SQL)."""
-
-
-class Row(Protocol):
-    def __getitem__(self, key: str, /) -> Any: ...
-
-
-def spec_text(spec: JobSubmission, sealer: Sealer | None) -> str:
-    """The spec as stored: with its masked values sealed when there is a sealer."""
-    return sealer.seal(spec) if sealer else spec.model_dump_json()
 
 
 def stored_tags(tags: list[str]) -> str:

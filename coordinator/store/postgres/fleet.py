@@ -25,11 +25,11 @@ from coordinator.store.fleet_records import (
     JobRow,
     fleet_job,
     job_row,
-    spec_text,
     stored_tags,
 )
 from coordinator.store.postgres.database import PostgresDatabase
 from coordinator.store.postgres.sql import affected
+from coordinator.store.rows import stored_spec
 
 _HELD = "runner_id IS NULL AND status = 'queued'"
 _RELEASE = """
@@ -58,7 +58,7 @@ class PostgresFleetStore:
                 " VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7)",
                 job.id,
                 job.spec.name,
-                spec_text(job.spec, self._sealer),
+                stored_spec(job.spec, self._sealer),
                 stored_tags(job.tags),
                 job.tag_set,
                 job.type,
@@ -118,7 +118,7 @@ class PostgresFleetStore:
                 job.id,
                 runner_id,
                 job.spec.name,
-                spec_text(job.spec, self._sealer),
+                stored_spec(job.spec, self._sealer),
                 job.created_at,
             )
         record = JobRecord(id=job.id, runner_id=runner_id, spec=job.spec, status="queued", created_at=job.created_at)
