@@ -11,15 +11,26 @@ The queries behind ``GET /api/jobs`` read both tables: every ``jobs`` row (route
 
 from __future__ import annotations
 
-import json
 import sqlite3
-from dataclasses import dataclass, field
 from typing import Any
 
 from coordinator.sealing import Sealer
 from coordinator.store.base import JobRecord, QueueState, StatusChange
+from coordinator.store.fleet_records import (
+    ALL_JOBS,
+    FleetJob,
+    JobQuery,
+    JobRow,
+    fleet_job,
+    job_row,
+    stored_tags,
+    tag_set,
+)
+from coordinator.store.rows import stored_spec
 from shared.models import JobSubmission
 from shared.sqlite import Database
+
+__all__ = ["MIGRATION", "FleetJob", "FleetStore", "JobQuery", "JobRow", "tag_set"]
 
 MIGRATION = """
 CREATE TABLE fleet_jobs (
@@ -41,99 +52,6 @@ CREATE INDEX fleet_jobs_held ON fleet_jobs(seq) WHERE runner_id IS NULL AND stat
 CREATE INDEX fleet_jobs_runner ON fleet_jobs(runner_id)
 """
 
-_JOB_COLUMNS = "id, name, status, runner_id, created_at, started_at, completed_at, exit_code, tags, type"
-_ALL_JOBS = f"""
-SELECT {_JOB_COLUMNS} FROM (
-    SELECT j.id, j.name, j.status, j.runner_id, j.created_at, j.started_at, j.completed_at, j.exit_code,
-           COALESCE(f.tags, '[]') AS tags, f.type AS type
-    FROM jobs j LEFT JOIN fleet_jobs f ON f.id = j.id
-    UNION ALL
-    SELECT id, name, status, NULL, created_at, NULL, completed_at, NULL, tags, type
-    FROM fleet_jobs WHERE runner_id IS NULL
-)
-"""
-
-
-def tag_set(tags: list[str]) -> str:
-    """The canonical name of a set of tags (sorted, comma-separated; ``""`` for none)."""
-    return ",".join(sorted(set(tags)))
-
-
-@dataclass
-class FleetJob:
-    """A routed job as the pool knows it."""
-
-    id: str
-    spec: JobSubmission
-    tags: list[str]
-    type: str | None
-    created_at: float
-    status: str = "queued"
-    runner_id: str | None = None
-    reason: str | None = None
-    completed_at: float | None = None
-    assigned_at: float | None = None
-    seq: int = 0
-
-    @property
-    def tag_set(self) -> str:
-        return tag_set(self.tags)
-
-
-@dataclass
-class JobRow:
-    """One job of ``GET /api/jobs``: routed or runner-addressed, held or assigned."""
-
-    id: str
-    name: str
-    status: str
-    runner_id: str | None
-    created_at: float
-    started_at: float | None
-    completed_at: float | None
-    exit_code: int | None
-    tags: list[str] = field(default_factory=list)
-    type: str | None = None
-
-
-@dataclass
-class JobQuery:
-    status: str | None = None
-    runner_id: str | None = None
-    tags: list[str] = field(default_factory=list)
-
-
-def _fleet_job(row: sqlite3.Row, sealer: Sealer | None) -> FleetJob:
-    spec = sealer.unseal(row["spec"], row["id"]) if sealer else JobSubmission.model_validate_json(row["spec"])
-    return FleetJob(
-        id=row["id"],
-        spec=spec,
-        tags=json.loads(row["tags"]),
-        type=row["type"],
-        created_at=row["created_at"],
-        status=row["status"],
-        runner_id=row["runner_id"],
-        reason=row["reason"],
-        completed_at=row["completed_at"],
-        assigned_at=row["assigned_at"],
-        seq=row["seq"],
-    )
-
-
-def _job_row(row: sqlite3.Row) -> JobRow:
-    return JobRow(
-        id=row["id"],
-        name=row["name"],
-        status=row["status"],
-        runner_id=row["runner_id"],
-        created_at=row["created_at"],
-        started_at=row["started_at"],
-        completed_at=row["completed_at"],
-        exit_code=row["exit_code"],
-        tags=json.loads(row["tags"]),
-        type=row["type"],
-    )
-
 
 class FleetStore:
     def __init__(self, db: Database, sealer: Sealer | None = None) -> None:
@@ -141,8 +59,8 @@ class FleetStore:
         self._sealer = sealer
         """Encrypts masked values in stored specs, as the job index does (see ``coordinator.sealing``)."""
 
-    def _spec_text(self, spec: JobSubmission) -> str:
-        return self._sealer.seal(spec) if self._sealer else spec.model_dump_json()
+    def _stored_spec(self, spec: JobSubmission) -> str:
+        return stored_spec(spec, self._sealer)
 
     async def insert(self, job: FleetJob) -> None:
         def op(conn: sqlite3.Connection) -> None:
@@ -152,8 +70,8 @@ class FleetStore:
                 (
                     job.id,
                     job.spec.name,
-                    self._spec_text(job.spec),
-                    json.dumps(sorted(set(job.tags))),
+                    self._stored_spec(job.spec),
+                    stored_tags(job.tags),
                     job.tag_set,
                     job.type,
                     job.created_at,
@@ -165,7 +83,7 @@ class FleetStore:
     async def get(self, job_id: str) -> FleetJob | None:
         def op(conn: sqlite3.Connection) -> FleetJob | None:
             row = conn.execute("SELECT * FROM fleet_jobs WHERE id = ?", (job_id,)).fetchone()
-            return _fleet_job(row, self._sealer) if row else None
+            return fleet_job(row, self._sealer) if row else None
 
         return await self.db.read(op)
 
@@ -178,7 +96,7 @@ class FleetStore:
                 " ORDER BY seq LIMIT ?",
                 (after, limit),
             ).fetchall()
-            return [_fleet_job(r, self._sealer) for r in rows]
+            return [fleet_job(r, self._sealer) for r in rows]
 
         return await self.db.read(op)
 
@@ -224,7 +142,7 @@ class FleetStore:
             ).fetchall()
             conn.execute(
                 "INSERT INTO jobs (id, runner_id, name, spec, status, created_at) VALUES (?, ?, ?, ?, 'queued', ?)",
-                (job.id, runner_id, job.spec.name, self._spec_text(job.spec), job.created_at),
+                (job.id, runner_id, job.spec.name, self._stored_spec(job.spec), job.created_at),
             )
             record = JobRecord(
                 id=job.id, runner_id=runner_id, spec=job.spec, status="queued", created_at=job.created_at
@@ -290,10 +208,10 @@ class FleetStore:
         clause = f"WHERE {' AND '.join(where)}" if where else ""
 
         def op(conn: sqlite3.Connection) -> tuple[list[JobRow], int]:
-            total = conn.execute(f"SELECT COUNT(*) FROM ({_ALL_JOBS} {clause})", params).fetchone()[0]
+            total = conn.execute(f"SELECT COUNT(*) FROM ({ALL_JOBS} {clause})", params).fetchone()[0]
             rows = conn.execute(
-                f"{_ALL_JOBS} {clause} ORDER BY created_at DESC, id LIMIT ? OFFSET ?", [*params, limit, offset]
+                f"{ALL_JOBS} {clause} ORDER BY created_at DESC, id LIMIT ? OFFSET ?", [*params, limit, offset]
             ).fetchall()
-            return [_job_row(r) for r in rows], int(total)
+            return [job_row(r) for r in rows], int(total)
 
         return await self.db.read(op)

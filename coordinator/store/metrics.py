@@ -15,36 +15,41 @@ small: the runner is its integer row key rather than its 43-character id, and pe
 rolled into 5-minute buckets, 1 KiB as hourly ones: about 280 KiB per runner in the steady state.
 
 Averages are weighted by sample count (a rollup's sum and count carry over exactly), maxima survive as maxima.
+What does not depend on the engine (the records, the bucket and retention maths, the uptime cache, the compaction
+loop) is ``coordinator.store.metric_history``, shared with the PostgreSQL store.
 """
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from functools import partial
 
-import structlog
-
-from coordinator.config import MetricsHistory
-from shared.models import MetricSample
+from coordinator.store.metric_history import (
+    COLUMNS,
+    FIVE_MINUTES,
+    HOUR,
+    RAW_AGGREGATES,
+    RAW_AS_ROLLUP,
+    ROLLUP_AGGREGATES,
+    ROLLUP_VALUES,
+    SCALE,
+    SERIES,
+    SLOT,
+    TERMINAL_STATUSES,
+    Bucket,
+    Compaction,
+    Cutoffs,
+    History,
+    JobTiming,
+    MetricHistory,
+    Retention,
+    SampleRow,
+    SlotWindow,
+)
 from shared.sqlite import Database
 
-log = structlog.get_logger(__name__)
-
-SLOT = 300
-"""Uptime is counted in 5-minute slots: one with any sample (raw or rolled up) counts as active."""
-FIVE_MINUTES = 300
-HOUR = 3600
-MAX_CLOCK_SKEW = 300.0
-"""Samples stamped further than this in the future are refused (an agent with a wrong clock)."""
-TERMINAL = "('completed', 'failed', 'timed_out', 'cancelled')"
-UPTIME_CACHE_TTL = 60.0
-"""Seconds an uptime figure is served from memory: it counts 5-minute slots, and new samples drop it."""
-UPTIME_CACHE_SIZE = 20_000
-SERIES = ("cpu_usage", "memory_usage", "disk_usage", "active_jobs")
+__all__ = ["MIGRATION", "SCALE", "SERIES", "Bucket", "Compaction", "History", "JobTiming", "MetricsStore", "Retention"]
 
 MIGRATION = """
 CREATE TABLE metric_samples (
@@ -76,91 +81,16 @@ CREATE TABLE metric_rollups (
 """Schema of the tiers (``ts``: milliseconds for raw samples, the bucket's start in seconds for rollups)."""
 
 
-@dataclass(frozen=True)
-class Retention:
-    """How long each tier keeps data, in seconds."""
-
-    raw: float = 24 * 3600.0
-    five_minute: float = 7 * 86400.0
-    total: float = 30 * 86400.0
-
-    @classmethod
-    def of(cls, settings: MetricsHistory) -> Retention:
-        return cls(
-            raw=settings.raw_retention_hours * 3600,
-            five_minute=settings.five_minute_retention_days * 86400,
-            total=settings.retention_days * 86400,
-        )
-
-
-@dataclass
-class Bucket:
-    """Sums and maxima are in stored units (tenths): divide by :data:`SCALE`."""
-
-    start: int
-    """Epoch seconds, aligned to the resolution."""
-    samples: int
-    sums: dict[str, int]
-    maxima: dict[str, int]
-
-    def average(self, name: str) -> float:
-        return self.sums[name] / self.samples
-
-
-@dataclass
-class History:
-    buckets: list[Bucket]
-    jobs_executed: int
-
-    @property
-    def samples(self) -> int:
-        return sum(b.samples for b in self.buckets)
-
-    def average(self, name: str) -> float | None:
-        count = self.samples
-        return sum(b.sums[name] for b in self.buckets) / count if count else None
-
-    def maximum(self, name: str) -> float | None:
-        return max((b.maxima[name] for b in self.buckets), default=None)
-
-
-@dataclass
-class Compaction:
-    raw_rolled: int = 0
-    five_minute_rolled: int = 0
-    expired: int = 0
-
-
-@dataclass
-class JobTiming:
-    status: str
-    duration: float | None
-    steps: list[tuple[str, float]] = field(default_factory=list)
-    """(status, seconds) of every step of every attempt that started and ended."""
-
-
-# Stored values are integer tenths (of a percent; active jobs are stored as tenths too, so one scale fits all).
-_COLUMNS = {"cpu_usage": "cpu", "memory_usage": "memory", "disk_usage": "disk", "active_jobs": "jobs"}
-SCALE = 10
-
-
-def _tenths(value: float) -> int:
-    return round(value * SCALE)
-
-
 def _runner_seq(conn: sqlite3.Connection, runner_id: str) -> int | None:
     row = conn.execute("SELECT seq FROM runners WHERE id = ?", (runner_id,)).fetchone()
     return int(row[0]) if row else None
 
 
-_AGGREGATES = ", ".join(f"SUM({c}_sum), MAX({c}_max)" for c in _COLUMNS.values())
-_RAW_AS_ROLLUP = ", ".join(f"{c}, {c}" for c in _COLUMNS.values())
-_ROLLUP_VALUES = ", ".join(f"{c}_sum, {c}_max" for c in _COLUMNS.values())
-_RAW_AGGREGATES = ", ".join(f"SUM({c}), MAX({c})" for c in _COLUMNS.values())
+_TERMINAL = "(" + ", ".join(f"'{status}'" for status in TERMINAL_STATUSES) + ")"
 _MERGE = ", ".join(
-    f"{c}_sum = {c}_sum + excluded.{c}_sum, {c}_max = MAX({c}_max, excluded.{c}_max)" for c in _COLUMNS.values()
+    f"{c}_sum = {c}_sum + excluded.{c}_sum, {c}_max = MAX({c}_max, excluded.{c}_max)" for c in COLUMNS.values()
 )
-_ROLLUP_INSERT = f"INSERT INTO metric_rollups (runner, width, ts, samples, slots, {_ROLLUP_VALUES})"
+_ROLLUP_INSERT = f"INSERT INTO metric_rollups (runner, width, ts, samples, slots, {ROLLUP_VALUES})"
 
 
 def _history(conn: sqlite3.Connection, runner_id: str, start: float, end: float, resolution: int) -> History | None:
@@ -169,14 +99,14 @@ def _history(conn: sqlite3.Connection, runner_id: str, start: float, end: float,
         return None
     rows = conn.execute(
         f"""
-        WITH data(ts, samples, {_ROLLUP_VALUES}) AS (
-            SELECT ts / 1000, 1, {_RAW_AS_ROLLUP} FROM metric_samples
+        WITH data(ts, samples, {ROLLUP_VALUES}) AS (
+            SELECT ts / 1000, 1, {RAW_AS_ROLLUP} FROM metric_samples
             WHERE runner = :seq AND ts BETWEEN :start_ms AND :end_ms
             UNION ALL
-            SELECT ts, samples, {_ROLLUP_VALUES} FROM metric_rollups
+            SELECT ts, samples, {ROLLUP_VALUES} FROM metric_rollups
             WHERE runner = :seq AND ts BETWEEN :start AND :end
         )
-        SELECT (ts / :res) * :res AS bucket, SUM(samples), {_AGGREGATES} FROM data GROUP BY bucket ORDER BY bucket
+        SELECT (ts / :res) * :res AS bucket, SUM(samples), {ROLLUP_AGGREGATES} FROM data GROUP BY bucket ORDER BY bucket
         """,
         {
             "seq": seq,
@@ -187,24 +117,18 @@ def _history(conn: sqlite3.Connection, runner_id: str, start: float, end: float,
             "res": resolution,
         },
     ).fetchall()
-    buckets = []
-    for row in rows:
-        sums = {name: int(row[2 + 2 * i]) for i, name in enumerate(_COLUMNS)}
-        maxima = {name: int(row[3 + 2 * i]) for i, name in enumerate(_COLUMNS)}
-        buckets.append(Bucket(int(row[0]), int(row[1]), sums, maxima))
     jobs = conn.execute(
-        f"SELECT COUNT(*) FROM jobs WHERE runner_id = ? AND status IN {TERMINAL} AND completed_at BETWEEN ? AND ?",
+        f"SELECT COUNT(*) FROM jobs WHERE runner_id = ? AND status IN {_TERMINAL} AND completed_at BETWEEN ? AND ?",
         (runner_id, start, end),
     ).fetchone()[0]
-    return History(buckets, int(jobs))
+    return History([Bucket.of_row(row) for row in rows], int(jobs))
 
 
-def _uptime(conn: sqlite3.Connection, runner_id: str, start: float, now: float) -> float:
+def _slots(conn: sqlite3.Connection, runner_id: str, window: SlotWindow) -> tuple[set[int], dict[int, int]] | None:
     seq = _runner_seq(conn, runner_id)
     if seq is None:
-        return 0.0
-    first, last = int(start // SLOT), int(now // SLOT)
-    low, high = first * SLOT, (last + 1) * SLOT
+        return None
+    low, high = window.low, window.high
     present = {
         int(row[0])
         for row in conn.execute(
@@ -219,9 +143,6 @@ def _uptime(conn: sqlite3.Connection, runner_id: str, start: float, now: float) 
             (SLOT, seq, FIVE_MINUTES, low, high),
         )
     )
-    # An hourly rollup says how many of its 5-minute slots had samples, not which: the hour that holds the
-    # window's start counts whole (there are no samples before registration; at the 30-day edge it is at most
-    # 11 slots of 8,640).
     hourly = {
         int(row[0]): int(row[1])
         for row in conn.execute(
@@ -229,91 +150,50 @@ def _uptime(conn: sqlite3.Connection, runner_id: str, start: float, now: float) 
             (seq, HOUR, low // HOUR * HOUR, high),
         )
     }
-
-    def has_samples(slot: int) -> bool:
-        return slot in present or slot * SLOT // HOUR * HOUR in hourly
-
-    total = last - first + 1
-    # The slots at either end are only partly inside the window (registration, now): they count when they hold a
-    # sample, and are left out otherwise, so a runner is not charged for the minutes before its first sample.
-    if not has_samples(first):
-        total -= 1
-    if last != first and not has_samples(last):
-        total -= 1
-    if total <= 0:
-        return 0.0
-    return round(min(100.0, 100.0 * (len(present) + sum(hourly.values())) / total), 2)
+    return present, hourly
 
 
-def _compact_runner(
-    conn: sqlite3.Connection, seq: int, raw_before_ms: int, five_before: int, expire_before: int
-) -> Compaction:
+def _compact_runner(conn: sqlite3.Connection, seq: int, cutoffs: Cutoffs) -> Compaction:
     done = Compaction()
     # Raw samples → 5-minute rollups, whole buckets only (the cutoff is aligned). A bucket that already exists
     # (a sample that arrived late) absorbs the new ones.
     conn.execute(
         f"{_ROLLUP_INSERT} SELECT ?, {FIVE_MINUTES}, ts / {FIVE_MINUTES * 1000} * {FIVE_MINUTES}, COUNT(*), 1,"
-        f" {_RAW_AGGREGATES} FROM metric_samples WHERE runner = ? AND ts < ? GROUP BY ts / {FIVE_MINUTES * 1000}"
+        f" {RAW_AGGREGATES} FROM metric_samples WHERE runner = ? AND ts < ? GROUP BY ts / {FIVE_MINUTES * 1000}"
         f" ON CONFLICT (runner, width, ts) DO UPDATE SET samples = samples + excluded.samples, {_MERGE}",
-        (seq, seq, raw_before_ms),
+        (seq, seq, cutoffs.raw_before_ms),
     )
     done.raw_rolled = conn.execute(
-        "DELETE FROM metric_samples WHERE runner = ? AND ts < ?", (seq, raw_before_ms)
+        "DELETE FROM metric_samples WHERE runner = ? AND ts < ?", (seq, cutoffs.raw_before_ms)
     ).rowcount
     # 5-minute rollups → hourly ones; an hourly rollup remembers how many 5-minute slots it holds (for uptime).
     conn.execute(
-        f"{_ROLLUP_INSERT} SELECT ?, {HOUR}, ts / {HOUR} * {HOUR}, SUM(samples), COUNT(*), {_AGGREGATES}"
+        f"{_ROLLUP_INSERT} SELECT ?, {HOUR}, ts / {HOUR} * {HOUR}, SUM(samples), COUNT(*), {ROLLUP_AGGREGATES}"
         f" FROM metric_rollups WHERE runner = ? AND width = {FIVE_MINUTES} AND ts < ? GROUP BY ts / {HOUR}"
         " ON CONFLICT (runner, width, ts) DO UPDATE SET samples = samples + excluded.samples,"
         f" slots = MIN({HOUR // SLOT}, slots + excluded.slots), {_MERGE}",
-        (seq, seq, five_before),
+        (seq, seq, cutoffs.five_before),
     )
     done.five_minute_rolled = conn.execute(
-        "DELETE FROM metric_rollups WHERE runner = ? AND width = ? AND ts < ?", (seq, FIVE_MINUTES, five_before)
+        "DELETE FROM metric_rollups WHERE runner = ? AND width = ? AND ts < ?",
+        (seq, FIVE_MINUTES, cutoffs.five_before),
     ).rowcount
     done.expired = conn.execute(
-        "DELETE FROM metric_rollups WHERE runner = ? AND width = ? AND ts < ?", (seq, HOUR, expire_before)
+        "DELETE FROM metric_rollups WHERE runner = ? AND width = ? AND ts < ?", (seq, HOUR, cutoffs.expire_before)
     ).rowcount
     return done
 
 
-class MetricsStore:
+class MetricsStore(MetricHistory):
     """The metric tables, on the same :class:`~shared.sqlite.Database` as the rest of the SQLite store."""
 
     def __init__(self, db: Database, retention: Retention | None = None) -> None:
+        super().__init__(retention)
         self.db = db
-        self.retention = retention or Retention()
-        # Uptime per runner, read on every ``GET /runners/{id}``: kept for UPTIME_CACHE_TTL seconds (it counts
-        # 5-minute slots) and dropped when the runner's samples arrive.
-        self._uptime: dict[str, tuple[float, float]] = {}
 
-    # --- samples -------------------------------------------------------------------------------------------
+    # --- storage hooks -------------------------------------------------------------------------------------
 
-    async def add_samples(self, runner_id: str, samples: Sequence[MetricSample], now: float) -> int:
-        """Store samples; ones already stored (a resent heartbeat), too old to keep, or from the future are
-        skipped. Returns how many were new."""
-        return await self.add_sample_batch([(runner_id, samples, now)])
-
-    async def add_sample_batch(self, batch: Sequence[tuple[str, Sequence[MetricSample], float]]) -> int:
-        """The samples of many heartbeats (runner id, samples, when received) in one transaction."""
-        rows: list[tuple[int, int, int, int, int, str]] = []
-        for runner_id, samples, now in batch:
-            oldest, newest = now - self.retention.total, now + MAX_CLOCK_SKEW
-            rows.extend(
-                (
-                    int(s.at.timestamp() * 1000),
-                    _tenths(s.cpu_usage),
-                    _tenths(s.memory_usage),
-                    _tenths(s.disk_usage),
-                    s.active_jobs * SCALE,
-                    runner_id,
-                )
-                for s in samples
-                if oldest <= s.at.timestamp() <= newest
-            )
-        if not rows:
-            return 0
-
+    async def _insert(self, rows: Sequence[SampleRow]) -> int:
         def op(conn: sqlite3.Connection) -> int:
             before = conn.total_changes
             conn.executemany(
@@ -323,74 +203,23 @@ class MetricsStore:
             )
             return conn.total_changes - before
 
-        added = await self.db.run(op)
-        for runner_id, _, _ in batch:
-            self._uptime.pop(runner_id, None)
-        return added
+        return await self.db.run(op)
+
+    async def _slots(self, runner_id: str, window: SlotWindow) -> tuple[set[int], dict[int, int]] | None:
+        return await self.db.read(partial(_slots, runner_id=runner_id, window=window))
+
+    async def _runner_keys(self) -> list[int]:
+        return await self.db.read(lambda conn: [int(r[0]) for r in conn.execute("SELECT seq FROM runners")])
+
+    async def _compact_runner(self, runner: int, cutoffs: Cutoffs) -> Compaction:
+        return await self.db.run(partial(_compact_runner, seq=runner, cutoffs=cutoffs))
 
     # --- queries -------------------------------------------------------------------------------------------
 
     async def history(self, runner_id: str, start: float, end: float, resolution: int) -> History | None:
-        """Buckets of ``resolution`` seconds (aligned to the epoch) holding data in [start, end], and the jobs that
-        finished then. ``None`` for an unknown runner. Older data answers at the resolution it was kept in."""
         return await self.db.read(partial(_history, runner_id=runner_id, start=start, end=end, resolution=resolution))
 
-    async def uptime_percentage(self, runner_id: str, registered_at: float, now: float) -> float:
-        """Share of the retention window (or the time since registration, if shorter) with samples."""
-        cached = self._uptime.get(runner_id)
-        if cached is not None and cached[0] > time.monotonic():
-            return cached[1]
-        start = max(registered_at, now - self.retention.total)
-        value = await self.db.read(partial(_uptime, runner_id=runner_id, start=start, now=now))
-        if len(self._uptime) > UPTIME_CACHE_SIZE:
-            self._uptime.clear()
-        self._uptime[runner_id] = (time.monotonic() + UPTIME_CACHE_TTL, value)
-        return value
-
-    # --- compaction ----------------------------------------------------------------------------------------
-
-    async def compact_forever(self, interval: float) -> None:
-        """Compact now and then every ``interval`` seconds (the app owns this task and cancels it on shutdown)."""
-        while True:
-            try:
-                done = await self.compact(time.time())
-                if done.raw_rolled or done.five_minute_rolled or done.expired:
-                    log.info(
-                        "metric history compacted",
-                        raw_rolled=done.raw_rolled,
-                        five_minute_rolled=done.five_minute_rolled,
-                        expired=done.expired,
-                    )
-            except Exception:
-                log.exception("metric history compaction failed; retrying at the next interval")
-            await asyncio.sleep(interval)
-
-    async def compact(self, now: float) -> Compaction:
-        raw_before_ms = int((now - self.retention.raw) // FIVE_MINUTES * FIVE_MINUTES) * 1000
-        five_before = int((now - self.retention.five_minute) // HOUR * HOUR)
-        expire_before = int(now - self.retention.total) // HOUR * HOUR  # whole hours past retention only
-        runners = await self.db.read(lambda conn: [int(r[0]) for r in conn.execute("SELECT seq FROM runners")])
-        total = Compaction()
-        for seq in runners:
-            done = await self.db.run(
-                partial(
-                    _compact_runner,
-                    seq=seq,
-                    raw_before_ms=raw_before_ms,
-                    five_before=five_before,
-                    expire_before=expire_before,
-                )
-            )
-            total.raw_rolled += done.raw_rolled
-            total.five_minute_rolled += done.five_minute_rolled
-            total.expired += done.expired
-        return total
-
-    # --- what the Prometheus collector and counters read ---------------------------------------------------
-
     async def registry_counts(self) -> tuple[dict[tuple[str, str], int], dict[str, int]]:
-        """Runners by (status, type) and open jobs (queued, running) by status, counted now."""
-
         def op(conn: sqlite3.Connection) -> tuple[dict[tuple[str, str], int], dict[str, int]]:
             runners = {
                 (str(r[0]), str(r[1])): int(r[2])
@@ -407,7 +236,6 @@ class MetricsStore:
         return await self.db.read(op)
 
     async def job_timings(self, job_ids: Sequence[str]) -> list[JobTiming]:
-        """Status and run time of finished jobs, with their steps' run times."""
         if not job_ids:
             return []
         marks = ", ".join("?" for _ in job_ids)
@@ -430,8 +258,6 @@ class MetricsStore:
         return await self.db.read(op)
 
     async def event_mark(self, runner_id: str) -> int:
-        """The runner's applied-event high-water mark (0 for an unknown runner)."""
-
         def op(conn: sqlite3.Connection) -> int:
             row = conn.execute("SELECT event_seq FROM runners WHERE id = ?", (runner_id,)).fetchone()
             return int(row[0]) if row else 0

@@ -1,4 +1,7 @@
-"""Metrics history: samples from agents, bucket averages, the summary, downsampling, retention and uptime."""
+"""Metrics history through the API and a real agent: samples arriving with heartbeats, bucket averages, the
+summary, compaction at start, uptime in the runner's statistics. What the store itself does (downsampling,
+retention, resent and late samples, uptime maths) is tested on both engines in
+``tests/store/test_metric_history.py``."""
 
 from __future__ import annotations
 
@@ -177,19 +180,6 @@ async def test_total_jobs_executed_counts_jobs_that_ended_in_the_period(coordina
         assert body["summary"]["total_jobs_executed"] == expected, period
 
 
-async def test_a_resent_heartbeat_stores_its_samples_once(coordinator: CoordinatorHandle) -> None:
-    runner_id = await add_runner(coordinator)
-    now = time.time()
-    batch = [sample(now - 20, 1, 1), sample(now - 10, 2, 2)]
-    history = metrics_store(coordinator)
-    assert await history.add_samples(runner_id, batch, now) == 2
-    assert await history.add_samples(runner_id, batch, now) == 0
-    # Too old to keep, or from an agent whose clock is an hour ahead: not stored.
-    assert await history.add_samples(runner_id, [sample(now - 31 * DAY, 1, 1), sample(now + HOUR, 1, 1)], now) == 0
-    found = await history.history(runner_id, now - 60, now, 60)
-    assert found is not None and found.samples == 2
-
-
 # --- from a real agent ---------------------------------------------------------------------------------------
 
 
@@ -263,77 +253,6 @@ async def _tiers(db: Any, runner_id: str) -> dict[str, tuple[int, float | None, 
     return result
 
 
-async def test_compaction_keeps_averages_and_maxima_and_bounds_each_tier(coordinator: CoordinatorHandle) -> None:
-    runner_id = await add_runner(coordinator, registered_at=time.time() - 40 * DAY)
-    history = metrics_store(coordinator)
-    now = time.time()
-    # 31 days, one sample every 10 minutes, values that differ sample to sample.
-    synthetic = [
-        sample(now - 31 * DAY + i * 600, cpu=(i * 7) % 101, memory=(i * 13) % 101, disk=50, jobs=i % 4)
-        for i in range(31 * 144)
-    ]
-    # The oldest stored as if two days ago (so the 31-day-old ones are kept, for compaction to expire them).
-    older = [s for s in synthetic if s.at.timestamp() < now - 2 * DAY]
-    stored = await history.add_samples(runner_id, older, now - 2 * DAY)
-    stored += await history.add_samples(runner_id, synthetic[len(older) :], now)
-    assert stored == len(synthetic)
-
-    first_full_hour = (now - 30 * DAY) // HOUR * HOUR + HOUR
-
-    async def buckets(resolution: int, since: float) -> list[tuple[int, int, dict[str, int], dict[str, int]]]:
-        found = await history.history(runner_id, now - 30 * DAY, now, resolution)
-        assert found is not None
-        return [(b.start, b.samples, b.sums, b.maxima) for b in found.buckets if b.start >= since]
-
-    hourly_before = await buckets(HOUR, first_full_hour)
-    five_minute_before = await buckets(300, now - 7 * DAY + HOUR)
-    uptime_before = await history.uptime_percentage(runner_id, now - 40 * DAY, now)
-
-    done = await history.compact(now)
-    assert done.raw_rolled > 0 and done.five_minute_rolled > 0 and done.expired > 0
-
-    tiers = await _tiers(coordinator.store.db, runner_id)
-    raw_count, raw_oldest, _ = tiers["raw"]
-    assert raw_count and raw_oldest is not None and raw_oldest >= (now - DAY) // 300 * 300
-    five_count, five_oldest, five_newest = tiers["5m"]
-    assert five_count and five_oldest is not None and five_newest is not None
-    assert five_oldest >= (now - 7 * DAY) // HOUR * HOUR and five_newest < now - DAY
-    hourly_count, hourly_oldest, hourly_newest = tiers["1h"]
-    assert hourly_count and hourly_oldest is not None and hourly_newest is not None
-    assert hourly_oldest >= now - 30 * DAY - HOUR and hourly_newest < now - 7 * DAY
-
-    # Sums, counts and maxima survive the rollups exactly: the history reads the same at any resolution the
-    # remaining tiers can answer.
-    assert await buckets(HOUR, first_full_hour) == hourly_before
-    assert await buckets(300, now - 7 * DAY + HOUR) == five_minute_before
-    # Uptime too, but for the hour at the 30-day edge, which counts whole once it is an hourly rollup.
-    assert await history.uptime_percentage(runner_id, now - 40 * DAY, now) == pytest.approx(uptime_before, abs=0.1)
-    # Compacting again changes nothing.
-    again = await history.compact(now)
-    assert (again.raw_rolled, again.five_minute_rolled, again.expired) == (0, 0, 0)
-
-
-async def test_a_sample_that_arrives_after_its_bucket_was_rolled_up_joins_the_rollup(
-    coordinator: CoordinatorHandle,
-) -> None:
-    runner_id = await add_runner(coordinator)
-    history = metrics_store(coordinator)
-    now = time.time()
-    bucket = (now - 2 * DAY) // 300 * 300
-    await history.add_samples(runner_id, [sample(bucket + 10, cpu=10, memory=30)], now)
-    await history.compact(now)
-    # An agent that was cut off for two days delivers a sample of the same five minutes.
-    await history.add_samples(runner_id, [sample(bucket + 20, cpu=30, memory=20)], now)
-    await history.compact(now)
-    tiers = await _tiers(coordinator.store.db, runner_id)
-    assert (tiers["raw"][0], tiers["5m"][0]) == (0, 1)
-    found = await history.history(runner_id, bucket, bucket + 299, 300)
-    assert found is not None
-    assert [(b.start, b.samples) for b in found.buckets] == [(bucket, 2)]
-    assert (found.average("cpu_usage"), found.maximum("cpu_usage")) == (200.0, 300)  # tenths: 20.0 and 30.0
-    assert (found.average("memory_usage"), found.maximum("memory_usage")) == (250.0, 300)
-
-
 @pytest.mark.sqlite_only
 async def test_deleting_a_runner_deletes_its_history(coordinator: CoordinatorHandle) -> None:
     runner_id = await add_runner(coordinator)
@@ -391,15 +310,6 @@ async def test_uptime_is_the_share_of_time_since_registration_with_samples(coord
     code, body = await coordinator.api.get(f"/runners/{runner_id}")
     assert code == 200, body
     assert body["statistics"]["uptime_percentage"] == pytest.approx(50.0, abs=0.1)
-
-
-async def test_uptime_counts_the_last_30_days_only(coordinator: CoordinatorHandle) -> None:
-    now = time.time()
-    runner_id = await add_runner(coordinator, registered_at=now - 90 * DAY)
-    history = metrics_store(coordinator)
-    # Up for the last 3 of the 30 days that count.
-    await history.add_samples(runner_id, [sample(now - 3 * DAY + i * 60, 5, 5) for i in range(3 * 1440)], now)
-    assert await history.uptime_percentage(runner_id, now - 90 * DAY, now) == pytest.approx(10.0, abs=0.05)
 
 
 async def test_a_runner_without_samples_has_zero_uptime(coordinator: CoordinatorHandle) -> None:
