@@ -32,10 +32,7 @@ from shared.models import AgentEvent, CurrentLoad, JobSubmission, LogEvent
 from shared.sqlite import Database
 
 ENGINES = ["sqlite", "postgresql"]
-POSTGRES_MIGRATIONS = (
-    PG_MIGRATIONS if any("log_chunks" in m for m in PG_MIGRATIONS) else [*PG_MIGRATIONS, pg_logs.MIGRATION]
-)
-"""The PostgreSQL schema with the log chunk table (appended here while the schema's list does not have it)."""
+POSTGRES_MIGRATIONS = PG_MIGRATIONS
 AnyFleetStore = fleet.FleetStore | pg_fleet.PostgresFleetStore
 _MARK = re.compile(r"\?")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -12,6 +13,7 @@ from coordinator.store.postgres.database import PostgresDatabase
 from coordinator.store.postgres.schema import MIGRATIONS
 from coordinator.store.schema import MIGRATIONS as SQLITE_MIGRATIONS
 from shared.errors import StorageUnavailable
+from shared.sqlite import Database
 from tests.helpers import free_port
 
 
@@ -45,18 +47,28 @@ async def test_three_databases_opened_at_once_migrate_exactly_once(postgres_url:
         await asyncio.gather(*(db.close() for db in databases))
 
 
-async def test_every_sqlite_table_has_a_postgresql_table_of_the_same_name(postgres_url: str) -> None:
+async def test_every_sqlite_table_has_a_postgresql_table_of_the_same_name(postgres_url: str, tmp_path: Path) -> None:
     db = PostgresDatabase(postgres_url)
     await db.open()
     await db.close()
-    sqlite_tables = {
-        word.split("(")[0]
-        for script in SQLITE_MIGRATIONS
-        for statement in script.split(";")
-        if (words := statement.split())[:2] == ["CREATE", "TABLE"]
-        for word in words[2:3]
-    }
-    assert sqlite_tables <= await _tables(postgres_url)
+    sqlite = Database(tmp_path / "coordinator.db", SQLITE_MIGRATIONS)
+    await sqlite.open()
+    try:
+        sqlite_tables = set(
+            await sqlite.read(
+                lambda conn: [
+                    r[0]
+                    for r in conn.execute(
+                        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+                    )
+                ]
+            )
+        )
+    finally:
+        await sqlite.close()
+    assert "log_chunks" in sqlite_tables
+    assert sqlite_tables == await _tables(postgres_url) - {"fleet_settings", "rate_limit_counters",
+                                                          "coordinator_channels", "schema_version"}  # fmt: skip
     assert {"fleet_settings", "rate_limit_counters", "coordinator_channels", "schema_version"} <= await _tables(
         postgres_url
     )

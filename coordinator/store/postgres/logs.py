@@ -40,35 +40,6 @@ from coordinator.store.postgres.sql import numbered
 CURSOR_PREFETCH = 8
 """Chunks fetched per round trip while a page is walked (a chunk holds up to 1,024 entries)."""
 
-MIGRATION = """
-CREATE TABLE log_chunks (
-    runner_id text NOT NULL REFERENCES runners(id) ON DELETE CASCADE,
-    first_seq bigint NOT NULL,
-    last_seq bigint NOT NULL,
-    job_id text,
-    step text,
-    first_ts double precision NOT NULL,
-    last_ts double precision NOT NULL,
-    min_level bigint NOT NULL,
-    max_level bigint NOT NULL,
-    line_count bigint NOT NULL,
-    bytes bigint NOT NULL,
-    body text NOT NULL,
-    PRIMARY KEY (runner_id, first_seq)
-);
-CREATE INDEX log_chunks_last ON log_chunks(runner_id, last_seq);
-CREATE INDEX log_chunks_job ON log_chunks(job_id, first_seq);
-CREATE INDEX log_chunks_age ON log_chunks(last_ts);
-INSERT INTO log_chunks (runner_id, first_seq, last_seq, job_id, step, first_ts, last_ts, min_level, max_level,
-                        line_count, bytes, body)
-SELECT runner_id, seq, seq, job_id, step, ts, ts, level, level, 1, octet_length(body), body
-FROM (SELECT *, json_build_array(json_build_array(seq, ts, level, stream, attempt, message))::text AS body
-      FROM log_entries) AS entry;
-DROP TABLE log_entries
-"""
-"""The chunk table (columns as in ``coordinator.store.chunks``), replacing ``log_entries``: each old row becomes
-a one-entry chunk (valid chunks; the next batch of the same job and step is appended to the newest)."""
-
 _INSERT = f"INSERT INTO log_chunks ({CHUNK_COLUMNS}) VALUES ({', '.join(f'${i + 1}' for i in range(12))})"
 _EXTEND = (
     f"UPDATE log_chunks SET {', '.join(f'{name} = ${i}' for i, name in enumerate(CHUNK_FIELDS[1:], start=1))}"
