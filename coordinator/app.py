@@ -15,6 +15,7 @@ from coordinator.dispatch import Dispatcher
 from coordinator.estimate import Estimator
 from coordinator.heartbeats import Heartbeats
 from coordinator.hub import Hub
+from coordinator.leadership import SoleLeader
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.middlewares import setup_middlewares
 from coordinator.proxy import AgentClient
@@ -83,17 +84,21 @@ async def _router(app: web.Application) -> AsyncIterator[None]:
     await router.close()
 
 
+async def _leadership(app: web.Application) -> AsyncIterator[None]:
+    app[keys.LEADERSHIP] = leadership = SoleLeader()
+    await leadership.open()
+    yield
+    await leadership.close()
+
+
 async def _background(app: web.Application) -> AsyncIterator[None]:
     config = app[keys.CONFIG]
-    tasks = TaskSet("coordinator")
-    tasks.spawn(
-        liveness.watch(
-            app[keys.STORE], app[keys.HUB], config.runners.liveness_multiplier, config.runners.liveness_check_interval
-        ),
+    store, hub, runners = app[keys.STORE], app[keys.HUB], config.runners
+    app[keys.LEADERSHIP].while_leader(
         "liveness",
+        lambda: liveness.watch(store, hub, runners.liveness_multiplier, runners.liveness_check_interval),
     )
     yield
-    await tasks.close()
 
 
 async def _metric_history(app: web.Application) -> AsyncIterator[None]:
@@ -106,7 +111,7 @@ async def _metric_history(app: web.Application) -> AsyncIterator[None]:
         store, metrics_store, runners.heartbeat_flush_interval, runners.heartbeat_max_pending
     )
     tasks = TaskSet("metrics")
-    tasks.spawn(metrics_store.compact_forever(settings.compaction_interval), "compaction")
+    app[keys.LEADERSHIP].while_leader("compaction", lambda: metrics_store.compact_forever(settings.compaction_interval))
     tasks.spawn(heartbeats.flush_forever(), "heartbeats")
     yield
     await tasks.close()
@@ -136,7 +141,9 @@ def make_app(config: CoordinatorConfig) -> web.Application:
     setup_middlewares(app)
     setup_routes(app)
     setup_log_feed(app)
-    app.cleanup_ctx.extend([_store, _agents, _hub, _dispatcher, _router, _background, _metric_history, _audit])
+    app.cleanup_ctx.extend(
+        [_store, _agents, _hub, _dispatcher, _router, _leadership, _background, _metric_history, _audit]
+    )
     # WebSocket clients and agent channels are closed before the cleanup contexts unwind.
     app.on_shutdown.append(lambda a: a[keys.HUB].close())
     app.on_shutdown.append(lambda a: a[keys.AGENTS].close())
