@@ -17,6 +17,9 @@ CREATE TABLE IF NOT EXISTS rate_limit_counters (
 CREATE TABLE IF NOT EXISTS coordinator_channels (
     runner_id text PRIMARY KEY, coordinator_id text NOT NULL, since double precision NOT NULL
 );
+CREATE TABLE IF NOT EXISTS fleet_messages (
+    id bigserial PRIMARY KEY, payload text NOT NULL, created_at double precision NOT NULL
+);
 """
 
 
