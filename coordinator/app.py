@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from coordinator import auth, keys, liveness
+from coordinator import auth, keys, liveness, scaleout
 from coordinator.audit import AuditLog
 from coordinator.client_address import TrustedProxies
 from coordinator.config import CoordinatorConfig
@@ -15,7 +15,6 @@ from coordinator.dispatch import Dispatcher
 from coordinator.estimate import Estimator
 from coordinator.heartbeats import Heartbeats
 from coordinator.hub import Hub
-from coordinator.leadership import SoleLeader
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.middlewares import setup_middlewares
 from coordinator.proxy import AgentClient
@@ -84,11 +83,13 @@ async def _router(app: web.Application) -> AsyncIterator[None]:
     await router.close()
 
 
-async def _leadership(app: web.Application) -> AsyncIterator[None]:
-    app[keys.LEADERSHIP] = leadership = SoleLeader()
-    await leadership.open()
+async def _fleet(app: web.Application) -> AsyncIterator[None]:
+    """Leadership, the fleet bus, shared keys and rate-limit counters (``coordinator.scaleout``)."""
+    services = scaleout.fleet_services(app, None)
+    services.connect(app)
+    await services.open(app)
     yield
-    await leadership.close()
+    await services.close()
 
 
 async def _background(app: web.Application) -> AsyncIterator[None]:
@@ -141,9 +142,7 @@ def make_app(config: CoordinatorConfig) -> web.Application:
     setup_middlewares(app)
     setup_routes(app)
     setup_log_feed(app)
-    app.cleanup_ctx.extend(
-        [_store, _agents, _hub, _dispatcher, _router, _leadership, _background, _metric_history, _audit]
-    )
+    app.cleanup_ctx.extend([_store, _agents, _hub, _dispatcher, _router, _fleet, _background, _metric_history, _audit])
     # WebSocket clients and agent channels are closed before the cleanup contexts unwind.
     app.on_shutdown.append(lambda a: a[keys.HUB].close())
     app.on_shutdown.append(lambda a: a[keys.AGENTS].close())

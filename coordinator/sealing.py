@@ -50,10 +50,10 @@ class Sealer:
     def for_state_dir(cls, state_dir: Path) -> Sealer:
         return cls(load_key(state_dir))
 
-    @classmethod
-    async def from_keys(cls, source: fleet_keys.KeySource) -> Sealer:
-        """With the key ``source`` keeps (the fleet's, from the shared database)."""
-        return cls((await source.kept(KEY_FILE)).encode())
+    async def adopt(self, source: fleet_keys.KeySource) -> None:
+        """Seal and unseal with the key ``source`` keeps from now on (a coordinator of a fleet takes the fleet's
+        key from the shared database at startup, before it stores or reads any job)."""
+        self._fernet = Fernet((await source.kept(KEY_FILE)).encode())
 
     def seal(self, spec: JobSubmission) -> str:
         """The spec as stored: JSON with each masked value encrypted."""

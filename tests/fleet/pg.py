@@ -8,6 +8,8 @@ from typing import Any
 
 import asyncpg
 
+from coordinator.bus import FLEET_MESSAGES_DDL
+
 # The same layout as the fleet tables of the PostgreSQL store's schema (CREATE ... IF NOT EXISTS: both may run).
 FLEET_TABLES = """
 CREATE TABLE IF NOT EXISTS fleet_settings (name text PRIMARY KEY, value text NOT NULL);
@@ -17,9 +19,6 @@ CREATE TABLE IF NOT EXISTS rate_limit_counters (
 CREATE TABLE IF NOT EXISTS coordinator_channels (
     runner_id text PRIMARY KEY, coordinator_id text NOT NULL, since double precision NOT NULL
 );
-CREATE TABLE IF NOT EXISTS fleet_messages (
-    id bigserial PRIMARY KEY, payload text NOT NULL, created_at double precision NOT NULL
-);
 """
 
 
@@ -27,6 +26,7 @@ async def create_fleet_tables(url: str) -> None:
     conn = await asyncpg.connect(url)
     try:
         await conn.execute(FLEET_TABLES)
+        await conn.execute(FLEET_MESSAGES_DDL)
     finally:
         await conn.close()
 

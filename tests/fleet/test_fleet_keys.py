@@ -51,9 +51,13 @@ async def test_a_second_coordinator_accepts_the_same_credentials_and_unseals_wha
                 "masked": ["TOKEN"],
             }
         )
-        stored = (await Sealer.from_keys(a_keys)).seal(spec)
+        a_sealer = Sealer.for_state_dir(a_config.state_dir)  # as each coordinator starts: its own key first
+        b_sealer = Sealer.for_state_dir(b_config.state_dir)
+        await a_sealer.adopt(a_keys)  # then the fleet's
+        await b_sealer.adopt(b_keys)
+        stored = a_sealer.seal(spec)
         assert "very-secret-value" not in stored
-        assert (await Sealer.from_keys(b_keys)).unseal(stored, "job_1").environment["TOKEN"] == "very-secret-value"
+        assert b_sealer.unseal(stored, "job_1").environment["TOKEN"] == "very-secret-value"
 
 
 async def test_a_state_directory_with_keys_seeds_a_fresh_database_and_a_differing_one_is_replaced(
