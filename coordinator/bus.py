@@ -231,14 +231,20 @@ class _Outgoing:
     args: tuple[Any, ...] = field(default_factory=tuple)
 
 
-HOLDER = """
-SELECT c.coordinator_id, EXISTS (
+ALIVE = """EXISTS (
     SELECT 1 FROM pg_locks l
     WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
       AND ((l.classid::bigint << 32) | l.objid::bigint) = split_part(c.coordinator_id, ':', 3)::bigint
-) AS alive
-FROM coordinator_channels c WHERE c.runner_id = $1
+)"""
+"""Whether the coordinator of row ``c`` still holds the lock its bus takes (its session is alive)."""
+HOLDER = f"SELECT c.coordinator_id, {ALIVE} AS alive FROM coordinator_channels c WHERE c.runner_id = $1"
+SEND_TO_HOLDER = f"""
+SELECT c.coordinator_id, pg_notify(
+    'rustci_bus_' || left(encode(sha256(convert_to(c.coordinator_id, 'UTF8')), 'hex'), 32), $3
+)
+FROM coordinator_channels c WHERE c.runner_id = $1 AND c.coordinator_id <> $2 AND {ALIVE}
 """
+"""Find the runner's live holder (not this coordinator) and notify its inbox (:func:`inbox_of`): one round trip."""
 
 
 def inbox_of(coordinator_id: str) -> str:
@@ -332,17 +338,30 @@ class PostgresBus:
 
     # --- calls ---
 
-    async def call(self, runner_id: str, kind: str, body: Any, timeout: float) -> Any:
+    async def send_to_holder(self, runner_id: str, message: BaseModel) -> bool:
+        """Send ``message`` to the inbox of the coordinator holding the runner's channel; ``False`` when no
+        coordinator (but this one) holds it. A small message takes one round trip (lookup and ``NOTIFY`` in one
+        statement); a large one is stored first, ordered with this coordinator's other messages."""
+        text = "[" + message.model_dump_json() + "]"
+        if len(text.encode()) <= NOTIFY_LIMIT:
+            async with self._connections.connection() as conn:
+                holder = await conn.fetchval(SEND_TO_HOLDER, runner_id, self.coordinator_id, text)
+            return holder is not None
         holder = await self.holder(runner_id)
         if holder is None or holder == self.coordinator_id:
-            raise not_connected(runner_id)
+            return False
+        self._outbox.put_nowait(_Outgoing(inbox_of(holder), message))
+        return True
+
+    async def call(self, runner_id: str, kind: str, body: Any, timeout: float) -> Any:
         call = CallMessage(
             id=uuid.uuid4().hex, reply_to=self.inbox, runner_id=runner_id, kind=kind, body=body, timeout=timeout
         )
         answer: asyncio.Future[ReplyMessage] = asyncio.get_running_loop().create_future()
         self._replies[call.id] = answer
         try:
-            self._outbox.put_nowait(_Outgoing(inbox_of(holder), call))
+            if not await self.send_to_holder(runner_id, call):
+                raise not_connected(runner_id)
             async with asyncio.timeout(timeout + self._margin):
                 reply = await answer
         except TimeoutError as e:
@@ -374,12 +393,9 @@ class PostgresBus:
 
     async def _wake(self, runner_id: str) -> None:
         try:
-            holder = await self.holder(runner_id)
-        except Exception as e:
-            log.warning("fleet bus: could not find the runner's coordinator", runner_id=runner_id, error=str(e))
-            return
-        if holder is not None and holder != self.coordinator_id:
-            self._outbox.put_nowait(_Outgoing(inbox_of(holder), WakeMessage(runner_id=runner_id)))
+            await self.send_to_holder(runner_id, WakeMessage(runner_id=runner_id))
+        except Exception as e:  # the job stays held: the agent's next hello or heartbeat delivers it
+            log.warning("fleet bus: could not wake the runner's coordinator", runner_id=runner_id, error=str(e))
 
     def publish_event(self, event: dict[str, Any]) -> None:
         self._outbox.put_nowait(_Outgoing(BROADCAST, EventMessage(origin=self.coordinator_id, event=event)))
