@@ -295,7 +295,7 @@ class PostgresBus:
         await self._tasks.close()
         for waiter in self._replies.values():
             if not waiter.done():
-                waiter.cancel()
+                waiter.set_exception(RunnerUnavailable("The coordinator is shutting down; retry the call"))
         with contextlib.suppress(*self._failures):
             async with self._connections.connection() as conn:
                 await conn.execute("DELETE FROM coordinator_channels WHERE coordinator_id = $1", self.coordinator_id)

@@ -174,3 +174,25 @@ async def _holder_is(bus: PostgresBus, runner_id: str, coordinator_id: str) -> b
 
 async def _not(probe: Any) -> bool:
     return not await probe
+
+
+async def test_a_call_waiting_when_its_coordinator_shuts_down_ends_as_runner_unavailable(pool: Pool) -> None:
+    arrived = asyncio.Event()
+
+    async def silent(runner_id: str, kind: str, body: Any, timeout: float) -> Any:
+        arrived.set()
+        await asyncio.Event().wait()
+
+    async with opened(pool) as b:
+        b.handlers = BusHandlers(call=silent)
+        b.channel_opened("runner_1")
+        a = PostgresBus(pool)
+        await a.open()
+        try:
+            await wait_for(lambda: _held(a, "runner_1"), 5, what="the channel's record")
+            waiting = asyncio.ensure_future(a.call("runner_1", "status", None, 30.0))
+            await asyncio.wait_for(arrived.wait(), 5)
+        finally:
+            await a.close()
+        with pytest.raises(RunnerUnavailable):
+            await asyncio.wait_for(waiting, 5)
