@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import signal
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -10,8 +11,9 @@ from aiohttp import web
 
 from agent.config import AgentConfig
 from agent.daemon import Agent
-from tests.conftest import CoordinatorHandle, agent_config
-from tests.helpers import TERMINAL, free_port, job_output, submit_job, wait_for
+from tests.conftest import API_KEY, CoordinatorHandle, StartAgentProcess, agent_config, wait_http_ok
+from tests.helpers import TERMINAL, Api, DaemonProcess, free_port, job_output, submit_job, wait_for, wait_process_runner
+from tests.reliability.test_faults import _all_completed_once
 
 
 async def _true(value: bool) -> bool:
@@ -103,3 +105,39 @@ def test_coordinator_urls_come_from_the_environment_comma_separated(tmp_path: Pa
     loaded = agent_config_module.load_settings(AgentConfig, None, agent_config_module.ENV_OVERRIDES, env)
     assert loaded.coordinator.all_urls == ["http://a.example:8080", "https://b.example:8443/"]
     assert AgentConfig().coordinator.all_urls == ["http://127.0.0.1:8080"]  # coordinator.url alone still works
+
+
+async def test_sigkill_of_the_agents_coordinator_with_jobs_in_flight_moves_it_and_loses_nothing(
+    coordinator_process: Callable[..., DaemonProcess], agent_process: StartAgentProcess
+) -> None:
+    # The same database answers on a second port after the first coordinator's SIGKILL, as the fleet's other
+    # coordinator would.
+    first, second = free_port(), free_port()
+    urls = [f"http://127.0.0.1:{first}", f"http://127.0.0.1:{second}"]
+    coordinator = coordinator_process(first, RUSTCI_RATE_LIMITS_ENABLED="false")
+    api = Api(f"{urls[0]}/api", API_KEY)
+    try:
+        await wait_http_ok(f"{urls[0]}/api/health")
+        agent = agent_process(urls[0], RUSTCI_COORDINATOR_URLS=",".join(urls), RUSTCI_MAX_CONCURRENT_JOBS="4")
+        runner_id = await wait_process_runner(api, agent, timeout=30)
+        expected: dict[str, list[str]] = {}
+        for n in range(40):
+            job_id = await submit_job(api, runner_id, f"inflight-{n}", f"echo first-{n}; sleep 0.05; echo last-{n}")
+            expected[job_id] = [f"first-{n}", f"last-{n}"]
+
+        async def some_done() -> bool:
+            status, body = await api.get(f"/runners/{runner_id}/jobs?status=completed&limit=1")
+            return status == 200 and body["total_count"] >= 5
+
+        await wait_for(some_done, 60, interval=0.05, what="the first jobs to finish")
+        coordinator.proc.kill()  # type: ignore[union-attr]
+        assert await coordinator.wait_exit(10) == -signal.SIGKILL
+        coordinator_process(second, RUSTCI_RATE_LIMITS_ENABLED="false")  # same state directory, the second URL
+        api.base_url = f"{urls[1]}/api"
+        await wait_http_ok(f"{urls[1]}/api/health")
+        await _all_completed_once(api, runner_id, expected, timeout=120)
+        assert agent.alive()
+        status, body = await api.get(f"/runners/{runner_id}")
+        assert status == 200 and body["status"] == "active", body  # the same runner, on the second URL
+    finally:
+        await api.close()
