@@ -25,7 +25,7 @@ from tests.helpers import TERMINAL, job_output, submit_job, wait_for
 def _missing_postgres_store(url: str, state_dir: Path) -> str | None:
     """Why this build cannot run coordinators on PostgreSQL yet, or None."""
     try:
-        from coordinator.store import factory  # type: ignore[attr-defined, unused-ignore]
+        from coordinator.store import factory
     except ImportError:
         return "no store factory in this build"
     try:
