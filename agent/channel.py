@@ -9,8 +9,10 @@ then acknowledged); every other call runs as its own task, so a slow one (a grac
 acknowledgement of an event batch.
 
 A lost connection fails every request still waiting (:class:`ChannelDown`, telling whether the request left)
-and is reopened after a jittered exponential backoff (``RECONNECT_MIN`` to ``RECONNECT_MAX`` seconds). A
-coordinator that no longer knows the runner (401/404 at the handshake) makes the agent register anew.
+and is reopened at once, at the next coordinator of ``coordinator.urls`` when the one it was on is gone
+(``agent.coordinator_client``); a round of the list that finds none is followed by a jittered exponential
+backoff (``RECONNECT_MIN`` to ``RECONNECT_MAX`` seconds) before the next. A coordinator that no longer knows
+the runner (401/404 at the handshake) makes the agent register anew.
 """
 
 from __future__ import annotations

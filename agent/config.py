@@ -15,6 +15,7 @@ from shared.models import MIN_MASKED_LENGTH, DockerConfig, EnvName, Label, Resou
 
 ENV_OVERRIDES = {
     "RUSTCI_COORDINATOR_URL": "coordinator.url",
+    "RUSTCI_COORDINATOR_URLS": "coordinator.urls",
     "RUSTCI_REGISTRATION_KEY": "coordinator.registration_key",
     "RUSTCI_CA_FILE": "coordinator.ca_file",
     "RUSTCI_CLIENT_CERT": "coordinator.client_cert_file",
@@ -32,9 +33,16 @@ ENV_OVERRIDES = {
 }
 
 
+CoordinatorUrl = Annotated[str, Field(pattern=r"^https?://[^/\s]+/?$")]
+
+
 class CoordinatorLink(Settings):
-    url: str = Field(default="http://127.0.0.1:8080", pattern=r"^https?://[^/\s]+/?$")
+    url: CoordinatorUrl = "http://127.0.0.1:8080"
     """Base URL of the coordinator (without ``/api``)."""
+    urls: list[CoordinatorUrl] = Field(default_factory=list, max_length=64)
+    """Several coordinators serving one fleet (on one PostgreSQL database), tried in order: the agent registers and
+    opens its channel at the first that answers and moves to the next when that one refuses connections, times
+    out or answers 5xx. Set, it replaces ``url``; in the environment, comma-separated."""
     registration_key: str | None = Field(default=None, min_length=16)
     """Key presented to register the first time (the coordinator prints it; the admin API key also works)."""
     request_timeout: float = Field(default=10.0, gt=0, le=300)
@@ -47,6 +55,18 @@ class CoordinatorLink(Settings):
     """PEM client certificate for a coordinator that requires mutual TLS (``tls.client_ca_file`` there)."""
     client_key_file: Path | None = None
     """PEM private key of ``client_cert_file``."""
+
+    @field_validator("urls", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):  # RUSTCI_COORDINATOR_URLS
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @property
+    def all_urls(self) -> list[str]:
+        """The coordinators to try, in order: ``urls`` when set, else ``url``."""
+        return list(dict.fromkeys(self.urls)) or [self.url]
 
     @model_validator(mode="after")
     def _client_pair(self) -> CoordinatorLink:

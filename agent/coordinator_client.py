@@ -3,13 +3,20 @@
 Over ``https://`` the coordinator's certificate is verified against ``coordinator.ca_file`` (``RUSTCI_CA_FILE``)
 or the system's trust store, and never skipped unless ``coordinator.insecure_skip_tls_verify`` says so. Every
 connection of the session, the agent channel's WebSocket included, uses that one ``ssl.SSLContext``.
+
+Failover: the client knows a list of coordinators serving one fleet (``coordinator.urls``) and talks to one at a
+time. A request or a channel handshake that finds the current one refusing connections, timing out or answering
+5xx is tried at the next, once round the list; only when every coordinator failed does the caller see the error
+(and back off before the next round). The agent's identity and its event spool do not depend on which
+coordinator it talks to, so moving loses nothing.
 """
 
 from __future__ import annotations
 
 import ssl
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import structlog
@@ -28,6 +35,16 @@ class CoordinatorUntrusted(CoordinatorUnreachable):
 
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
+
+
+def worth_failing_over(error: BaseException) -> bool:
+    """The coordinator is gone or failing (no answer, or 5xx): another one of the fleet may serve."""
+    if isinstance(error, CoordinatorUntrusted):
+        return False  # the same CA signs the fleet's certificates: the next one would not verify either
+    if isinstance(error, CoordinatorUnreachable):
+        return True
+    return isinstance(error, ApiError) and error.status >= 500
 
 
 def tls_context(
@@ -48,9 +65,12 @@ def tls_context(
 
 
 class CoordinatorClient:
-    def __init__(self, base_url: str, timeout: float, tls: ssl.SSLContext | None = None) -> None:
-        self.root_url = base_url.rstrip("/")
-        self.base_url = self.root_url + "/api"
+    def __init__(self, base_url: str | list[str], timeout: float, tls: ssl.SSLContext | None = None) -> None:
+        urls = [base_url] if isinstance(base_url, str) else base_url
+        if not urls:
+            raise ValueError("a coordinator client needs at least one URL")
+        self.urls = [url.rstrip("/") for url in urls]
+        self._current = 0
         self._timeout = timeout
         self._tls = tls
         self._session: aiohttp.ClientSession | None = None
@@ -58,14 +78,38 @@ class CoordinatorClient:
     @classmethod
     def for_link(cls, link: CoordinatorLink) -> CoordinatorClient:
         tls = None
-        if link.url.startswith("https://"):
+        urls = link.all_urls
+        if any(url.startswith("https://") for url in urls):
             tls = tls_context(link.ca_file, link.insecure_skip_tls_verify, link.client_cert_file, link.client_key_file)
             if link.insecure_skip_tls_verify:
                 log.warning(
                     "coordinator.insecure_skip_tls_verify is set: the coordinator's certificate is not verified",
-                    url=link.url,
+                    urls=urls,
                 )
-        return cls(link.url, link.request_timeout, tls)
+        return cls(urls, link.request_timeout, tls)
+
+    @property
+    def root_url(self) -> str:
+        """The coordinator this client talks to now."""
+        return self.urls[self._current]
+
+    @property
+    def base_url(self) -> str:
+        return self.root_url + "/api"
+
+    async def _each_coordinator(self, attempt: Callable[[], Awaitable[T]]) -> T:
+        """``attempt`` at the current coordinator, then at the next ones while they fail worth failing over, once
+        round the list; the last failure is raised. The one that answered stays current."""
+        for tried in range(len(self.urls)):
+            try:
+                return await attempt()
+            except Exception as e:
+                if not worth_failing_over(e) or tried == len(self.urls) - 1:
+                    raise
+                failed = self.root_url
+                self._current = (self._current + 1) % len(self.urls)
+                log.warning("coordinator failed; trying the next", failed=failed, next=self.root_url, error=str(e))
+        raise AssertionError("unreachable")  # the loop returns or raises
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(
@@ -80,7 +124,11 @@ class CoordinatorClient:
 
     async def ws_connect(self, path: str, token: str, max_msg_size: int) -> aiohttp.ClientWebSocketResponse:
         """Open a WebSocket at ``path`` (under the coordinator's URL) on this same session, authenticated with
-        ``token``; failures are :class:`CoordinatorUnreachable`, or the typed error the coordinator answered."""
+        ``token``; failures are :class:`CoordinatorUnreachable`, or the typed error the coordinator answered.
+        Tried at each coordinator in turn (see the module docstring)."""
+        return await self._each_coordinator(lambda: self._ws_connect(path, token, max_msg_size))
+
+    async def _ws_connect(self, path: str, token: str, max_msg_size: int) -> aiohttp.ClientWebSocketResponse:
         if self._session is None:
             raise RuntimeError("CoordinatorClient.start() was not awaited")
         try:
@@ -117,6 +165,10 @@ class CoordinatorClient:
         return CoordinatorUnreachable(f"channel refused: HTTP {refused.status} {refused.message}")
 
     async def call(self, method: str, path: str, token: str, body: Any = None, raw: str | None = None) -> Any:
+        """One API request, tried at each coordinator in turn (see the module docstring)."""
+        return await self._each_coordinator(lambda: self._call(method, path, token, body, raw))
+
+    async def _call(self, method: str, path: str, token: str, body: Any, raw: str | None) -> Any:
         if self._session is None:
             raise RuntimeError("CoordinatorClient.start() was not awaited")
         headers = {"X-API-Key": token} if not token.startswith("reg_token_") else {"Authorization": f"Bearer {token}"}

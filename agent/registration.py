@@ -93,7 +93,7 @@ async def ensure_registered(config: AgentConfig, executor: Executor, client: Coo
         wait=_wait,
         before_sleep=lambda state: log.warning(
             "coordinator unreachable; will retry registration",
-            url=config.coordinator.url,
+            url=client.root_url,
             attempt=state.attempt_number,
             error=str(state.outcome.exception()) if state.outcome else None,
         ),
@@ -121,7 +121,7 @@ async def _register_once(config: AgentConfig, client: CoordinatorClient, body: d
         raise RegistrationRefused(f"the coordinator refused the registration key: {e.message}") from e
     except RunnerNotFound as e:  # pragma: no cover - not an answer register gives
         raise RegistrationRefused(e.message) from e
-    fresh = Identity(answer["runner_id"], answer["registration_token"], config.coordinator.url)
+    fresh = Identity(answer["runner_id"], answer["registration_token"], client.root_url)
     identity_store.save(config.state_dir, fresh)
     log.info("runner registered", runner_id=fresh.runner_id, name=body["name"])
     return fresh

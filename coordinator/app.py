@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from coordinator import auth, keys, liveness
+from coordinator import auth, keys, liveness, scaleout
 from coordinator.audit import AuditLog
 from coordinator.client_address import TrustedProxies
 from coordinator.config import CoordinatorConfig
@@ -81,17 +81,23 @@ async def _router(app: web.Application) -> AsyncIterator[None]:
     await router.close()
 
 
+async def _fleet(app: web.Application) -> AsyncIterator[None]:
+    """Leadership, the fleet bus, shared keys and rate-limit counters (``coordinator.scaleout``)."""
+    services = scaleout.fleet_services(app, None)
+    services.connect(app)
+    await services.open(app)
+    yield
+    await services.close()
+
+
 async def _background(app: web.Application) -> AsyncIterator[None]:
     config = app[keys.CONFIG]
-    tasks = TaskSet("coordinator")
-    tasks.spawn(
-        liveness.watch(
-            app[keys.STORE], app[keys.HUB], config.runners.liveness_multiplier, config.runners.liveness_check_interval
-        ),
+    store, hub, runners = app[keys.STORE], app[keys.HUB], config.runners
+    app[keys.LEADERSHIP].while_leader(
         "liveness",
+        lambda: liveness.watch(store, hub, runners.liveness_multiplier, runners.liveness_check_interval),
     )
     yield
-    await tasks.close()
 
 
 async def _metric_history(app: web.Application) -> AsyncIterator[None]:
@@ -102,7 +108,7 @@ async def _metric_history(app: web.Application) -> AsyncIterator[None]:
         store, metrics_store, runners.heartbeat_flush_interval, runners.heartbeat_max_pending
     )
     tasks = TaskSet("metrics")
-    tasks.spawn(metrics_store.compact_forever(settings.compaction_interval), "compaction")
+    app[keys.LEADERSHIP].while_leader("compaction", lambda: metrics_store.compact_forever(settings.compaction_interval))
     tasks.spawn(heartbeats.flush_forever(), "heartbeats")
     yield
     await tasks.close()
@@ -129,7 +135,7 @@ def make_app(config: CoordinatorConfig) -> web.Application:
     setup_middlewares(app)
     setup_routes(app)
     setup_log_feed(app)
-    app.cleanup_ctx.extend([_store, _agents, _hub, _dispatcher, _router, _background, _metric_history, _audit])
+    app.cleanup_ctx.extend([_store, _agents, _hub, _dispatcher, _router, _fleet, _background, _metric_history, _audit])
     app.cleanup_ctx.append(log_retention)
     # WebSocket clients and agent channels are closed before the cleanup contexts unwind.
     app.on_shutdown.append(lambda a: a[keys.HUB].close())

@@ -9,17 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
-import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 from aiohttp import web
 
-from coordinator import tokens
+from coordinator import fleet_keys, tokens
 from coordinator.config import CoordinatorConfig, KeyRole
 from shared import ids
 from shared.errors import AuthenticationRequired
@@ -81,29 +78,33 @@ class Credentials:
     jwt: tokens.JwtVerifier | None = None
 
 
-def _kept_secret(path: Path, configured: str | None, make: str) -> str:
-    """The configured secret, else the one kept in ``path``, else a new one written there (mode 0600)."""
-    if configured:
-        return configured
-    if path.exists():
-        return path.read_text(encoding="utf-8").strip()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    secret = {"api": ids.new_api_key(), "registration": f"reg_{ids.new_api_key()[3:]}", "jwt": secrets.token_hex(32)}[
-        make
-    ]
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        out.write(secret + "\n")
-    return secret
-
-
 def load_credentials(config: CoordinatorConfig) -> Credentials:
-    jwt_secret = _kept_secret(config.state_dir / "jwt-secret", config.auth.jwt_secret, "jwt")
+    """The credentials of a coordinator on its own: generated keys kept in its state directory."""
+    kept = fleet_keys.StateDirKeys(config.state_dir).kept_now
+    auth = config.auth
+    return credentials(
+        config,
+        auth.api_key or kept(fleet_keys.ADMIN_API_KEY),
+        auth.registration_key or kept(fleet_keys.REGISTRATION_KEY),
+        auth.jwt_secret or kept(fleet_keys.JWT_SECRET),
+    )
+
+
+async def load_shared_credentials(config: CoordinatorConfig, source: fleet_keys.KeySource) -> Credentials:
+    """The credentials of a coordinator of a fleet: generated keys from ``source`` (the shared database)."""
+    auth = config.auth
+    return credentials(
+        config,
+        auth.api_key or await source.kept(fleet_keys.ADMIN_API_KEY),
+        auth.registration_key or await source.kept(fleet_keys.REGISTRATION_KEY),
+        auth.jwt_secret or await source.kept(fleet_keys.JWT_SECRET),
+    )
+
+
+def credentials(config: CoordinatorConfig, api_key: str, registration_key: str, jwt_secret: str) -> Credentials:
     return Credentials(
-        api_key=_kept_secret(config.state_dir / "admin-api-key", config.auth.api_key, "api"),
-        registration_key=_kept_secret(
-            config.state_dir / "registration-key", config.auth.registration_key, "registration"
-        ),
+        api_key=api_key,
+        registration_key=registration_key,
         jwt_secret=jwt_secret,
         named_keys=tuple(
             NamedKey(key.name, key.role, bytes.fromhex(key.hash.removeprefix("sha256:"))) for key in config.auth.keys

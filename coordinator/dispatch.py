@@ -8,6 +8,10 @@ Delivery is idempotent by job id on the agent, so a lost acknowledgement only co
 Fast path: while a runner is known to have nothing held (the last scan of its undelivered jobs found none
 and no delivery failed since), a freshly submitted job is pushed straight from memory, without reading the
 store again; any doubt (a failure, a coordinator restart) falls back to scanning the store in order.
+
+In a fleet of coordinators, the one holding the runner's channel delivers: a job stored through another
+wakes that one through the fleet bus (``coordinator.bus``) instead of being pushed from here. If no
+coordinator holds the channel, the job stays held until the agent's next hello, wherever it connects.
 """
 
 from __future__ import annotations
@@ -46,13 +50,22 @@ class Dispatcher:
 
     def submitted(self, runner: RunnerRecord, job: JobRecord) -> None:
         """A job was just stored for ``runner``: deliver it (and anything held before it) now."""
-        if runner.id in self._clean:
+        if not self._agents.connected(runner.id):
+            log.info("job held: its agent has no channel to this coordinator", runner_id=runner.id, job_id=job.id)
+        elif runner.id in self._clean:
             self._fresh.setdefault(runner.id, deque()).append(job)
             self._runners[runner.id] = runner
         self.kick(runner.id)
 
     def kick(self, runner_id: str) -> None:
         """Deliver the runner's held jobs soon. Cheap and safe to call any number of times."""
+        if not self._agents.connected(runner_id):
+            # Not here: the coordinator holding its channel delivers (the next delivery here scans the store).
+            self._clean.discard(runner_id)
+            self._fresh.pop(runner_id, None)
+            self._runners.pop(runner_id, None)
+            self._agents.bus.wake(runner_id)
+            return
         self._pending.add(runner_id)
         if runner_id not in self._workers:
             self._workers[runner_id] = self._tasks.spawn(self._deliver(runner_id), runner_id)

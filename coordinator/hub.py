@@ -5,6 +5,10 @@ A client that falls more than ``queue_limit`` events behind is dropped from the 
 connection is told to close with code 1008 (policy violation) and a reason; its handler then closes it, and if
 the client does not even read the close frame within ``close_timeout``, drops the connection. So one slow
 consumer costs the coordinator a bounded amount of memory and never slows the others.
+
+In a fleet of coordinators every event published here is also handed to ``relay`` (the fleet bus,
+``coordinator.bus``), and the events published on the others come in through :meth:`Hub.deliver`, so a client
+sees every event whichever coordinator it is connected to.
 """
 
 from __future__ import annotations
@@ -62,6 +66,8 @@ class Hub:
         self._closing = False
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
         """In-process observers of every event (e.g. ``coordinator.routing``), called before the fan-out."""
+        self.relay: Callable[[dict[str, Any]], None] | None = None
+        """Where the events published here go for the other coordinators of a fleet."""
 
     @property
     def client_count(self) -> int:
@@ -70,6 +76,12 @@ class Hub:
     def publish(self, event: dict[str, Any]) -> None:
         for listener in self.listeners:
             listener(event)
+        if self.relay is not None:
+            self.relay(event)
+        self.deliver(event)
+
+    def deliver(self, event: dict[str, Any]) -> None:
+        """Hand ``event`` to the clients connected here (an event from another coordinator comes in here)."""
         if not self._fanout:
             return
         text: str | None = None

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from coordinator.estimate import Estimator
     from coordinator.heartbeats import Heartbeats
     from coordinator.hub import Hub
+    from coordinator.leadership import Leadership
     from coordinator.metrics import CoordinatorMetrics
     from coordinator.proxy import AgentClient
     from coordinator.ratelimit import RateLimiter
@@ -42,6 +43,8 @@ LOG_FEED: web.AppKey[LogFeed] = web.AppKey("log_feed")
 PROMETHEUS: web.AppKey[CoordinatorMetrics] = web.AppKey("prometheus")
 METRICS_STORE: web.AppKey[MetricsStore] = web.AppKey("metrics_store")
 HEARTBEATS: web.AppKey[Heartbeats] = web.AppKey("heartbeats")
+LEADERSHIP: web.AppKey[Leadership] = web.AppKey("leadership")
+"""Whether this coordinator runs the fleet-wide duties (liveness, compaction) now."""
 
 TICKETS: web.AppKey[TicketBook] = web.AppKey("tickets")
 AUDIT: web.AppKey[AuditLog] = web.AppKey("audit")

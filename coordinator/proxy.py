@@ -17,6 +17,7 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel
 
+from coordinator.bus import FleetBus, LocalBus, not_connected
 from coordinator.config import Agents
 from coordinator.store.base import RunnerRecord
 from shared import protocol
@@ -76,9 +77,11 @@ class AgentLink:
 class AgentClient:
     """The open channels by runner id; at most one per runner (a newer connection replaces an older one)."""
 
-    def __init__(self, settings: Agents) -> None:
+    def __init__(self, settings: Agents, bus: FleetBus | None = None) -> None:
         self._settings = settings
         self._links: dict[str, AgentLink] = {}
+        self.bus: FleetBus = bus or LocalBus()
+        """Where calls for runners whose channel is not here go (and where the channels here are recorded)."""
 
     async def close(self) -> None:
         links = list(self._links.values())
@@ -95,6 +98,7 @@ class AgentClient:
         """Make ``link`` the runner's channel; returns the one it replaces (to be closed by the caller)."""
         old = self._links.get(link.runner_id)
         self._links[link.runner_id] = link
+        self.bus.channel_opened(link.runner_id)
         if old is not None:
             old.close()
         return old
@@ -103,6 +107,7 @@ class AgentClient:
         link.close()
         if self._links.get(link.runner_id) is link:
             del self._links[link.runner_id]
+            self.bus.channel_closed(link.runner_id)
 
     async def call(
         self,
@@ -111,11 +116,18 @@ class AgentClient:
         body: BaseModel | dict[str, Any] | None = None,
         timeout: float | None = None,
     ) -> Any:
-        """Ask the runner's agent and return its answer's body (a dict)."""
+        """Ask the runner's agent and return its answer's body (a dict), over the channel here or, through the
+        fleet bus, over the one another coordinator holds."""
+        timeout = timeout or self._settings.request_timeout
         link = self._links.get(runner.id)
         if link is None:
-            raise RunnerUnavailable(
-                f"Runner '{runner.id}' is not connected: its agent has no open channel to this coordinator",
-                runner_id=runner.id,
-            )
-        return await link.call(kind, body, timeout or self._settings.request_timeout)
+            sent = body.model_dump(mode="json") if isinstance(body, BaseModel) else body
+            return await self.bus.call(runner.id, kind, sent, timeout)
+        return await link.call(kind, body, timeout)
+
+    async def call_here(self, runner_id: str, kind: str, body: Any, timeout: float) -> Any:
+        """A call forwarded by another coordinator, made on the channel held here (never forwarded again)."""
+        link = self._links.get(runner_id)
+        if link is None:
+            raise not_connected(runner_id, "its agent's channel to the coordinator holding it has just closed")
+        return await link.call(kind, body, timeout)

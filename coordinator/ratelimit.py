@@ -7,7 +7,14 @@
 - bulk operations: per user (``POST /runners/bulk``; the user is the credential that authenticated)
 
 Fixed one-minute windows aligned to the clock, so ``X-RateLimit-Reset`` (epoch seconds) is the same for every
-client of a window. Counters live in memory; the table of keys is pruned of past windows so it stays bounded.
+client of a window. A request past the limit is refused and not counted. Where the counts live is a
+:class:`Counters`:
+
+- :class:`MemoryCounters`: one coordinator on its own (SQLite): in memory, the table of keys pruned of past
+  windows so it stays bounded.
+- :class:`DatabaseCounters`: coordinators sharing a PostgreSQL database count together in its
+  ``rate_limit_counters`` table (one UPSERT per request; each coordinator deletes past windows once a window),
+  so a client cannot multiply its limit by spreading requests over the coordinators behind a load balancer.
 """
 
 from __future__ import annotations
@@ -17,11 +24,11 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
-from coordinator import keys
+from coordinator import keys, pg
 from coordinator.client_address import client_address
 from coordinator.config import RateLimits
 from shared.errors import ApiError, RateLimitExceeded
@@ -53,11 +60,63 @@ class Decision:
         }
 
 
+class Counters(Protocol):
+    async def count(self, slot: str, window: int, limit: int) -> int:
+        """Count one hit of ``slot`` in ``window`` (the window's start, epoch seconds) unless it already has
+        ``limit``; return how many it had before (``limit`` when this one was refused)."""
+        ...
+
+
+class MemoryCounters:
+    """The counts of one coordinator, in memory."""
+
+    def __init__(self, max_keys: int = MAX_KEYS) -> None:
+        self._max_keys = max_keys
+        self._counts: dict[str, tuple[int, int]] = {}  # slot -> (window, hits)
+
+    async def count(self, slot: str, window: int, limit: int) -> int:
+        seen_window, hits = self._counts.get(slot, (window, 0))
+        if seen_window != window:
+            hits = 0
+        if hits >= limit:
+            return limit
+        if len(self._counts) >= self._max_keys:
+            self._counts = {key: count for key, count in self._counts.items() if count[0] == window}
+        self._counts[slot] = (window, hits + 1)
+        return hits
+
+
+class DatabaseCounters:
+    """The counts of a fleet, in the shared database's ``rate_limit_counters``."""
+
+    def __init__(self, connections: pg.Connections) -> None:
+        self._connections = connections
+        self._pruned = 0
+
+    async def count(self, slot: str, window: int, limit: int) -> int:
+        async with self._connections.connection() as conn:
+            if window != self._pruned:
+                self._pruned = window
+                await conn.execute("DELETE FROM rate_limit_counters WHERE window_start < $1", window)
+            hits: int | None = await conn.fetchval(
+                "INSERT INTO rate_limit_counters (key, window_start, count) VALUES ($1, $2, 1)"
+                " ON CONFLICT (key, window_start) DO UPDATE SET count = rate_limit_counters.count + 1"
+                " WHERE rate_limit_counters.count < $3 RETURNING count",
+                slot,
+                window,
+                limit,
+            )
+        return limit if hits is None else hits - 1
+
+
 class RateLimiter:
-    def __init__(self, settings: RateLimits, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, settings: RateLimits, clock: Callable[[], float] = time.time, counters: Counters | None = None
+    ) -> None:
         self.settings = settings
         self._clock = clock
-        self._counts: dict[tuple[str, str], tuple[int, int]] = {}  # (rule, key) -> (window index, hits)
+        self.counters: Counters = counters or MemoryCounters()
+        """Where the counts live; a coordinator of a fleet sets :class:`DatabaseCounters` at startup."""
         self._rules = _rules(settings)
 
     def configure(self, settings: RateLimits) -> None:
@@ -74,23 +133,13 @@ class RateLimiter:
             return None
         return self._rules.get((request.method, resource.canonical))
 
-    def hit(self, rule: Rule, key: str) -> Decision:
-        now = self._clock()
-        window = int(now // WINDOW)
+    async def hit(self, rule: Rule, key: str) -> Decision:
+        window = int(self._clock() // WINDOW)
         reset = math.ceil((window + 1) * WINDOW)
-        slot = (rule.name, key)
-        seen_window, hits = self._counts.get(slot, (window, 0))
-        if seen_window != window:
-            hits = 0
+        hits = await self.counters.count(f"{rule.name}:{key}", int(window * WINDOW), rule.limit)
         if hits >= rule.limit:
             return Decision(False, rule.limit, 0, reset)
-        if len(self._counts) >= MAX_KEYS:
-            self._prune(window)
-        self._counts[slot] = (window, hits + 1)
         return Decision(True, rule.limit, rule.limit - hits - 1, reset)
-
-    def _prune(self, window: int) -> None:
-        self._counts = {slot: count for slot, count in self._counts.items() if count[0] == window}
 
 
 def _rules(settings: RateLimits) -> dict[tuple[str, str], Rule]:
@@ -135,7 +184,7 @@ async def rate_limit_middleware(request: web.Request, handler: Any) -> web.Strea
         response: web.StreamResponse = await handler(request)
         return response
     key = rule.key(request)
-    decision = limiter.hit(rule, key if isinstance(key, str) else await key)
+    decision = await limiter.hit(rule, key if isinstance(key, str) else await key)
     if not decision.allowed:
         retry_after = max(decision.reset - int(limiter.now()), 1)
         error = RateLimitExceeded(

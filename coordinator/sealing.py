@@ -4,7 +4,8 @@ The store writes a job's spec with each masked value (in ``environment`` and in 
 by ``sealed:v1:<Fernet token>`` and decrypts them when it reads the job back, so the rest of the coordinator sees
 the spec as submitted and the database file (WAL included) never holds a masked value in plain text, from the
 moment the job is accepted. The key (Fernet: AES-128-CBC with HMAC-SHA256, from ``cryptography``) lives in
-``<state_dir>/secrets.key``, mode 0600, made on first start.
+``<state_dir>/secrets.key``, mode 0600, made on first start; coordinators sharing a PostgreSQL database share
+one key through it (``coordinator.fleet_keys``), so any of them unseals what another sealed.
 
 A retry after a coordinator restart works: the key is read again from the state directory and held jobs are
 delivered with their secrets. If the key is lost or replaced, the values cannot be decrypted: they stay sealed
@@ -15,32 +16,24 @@ delivering it. Back up ``secrets.key`` with the database, and keep both readable
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import structlog
 from cryptography.fernet import Fernet, InvalidToken
 
+from coordinator import fleet_keys
 from shared.models import JobSubmission
 
 log = structlog.get_logger(__name__)
 
 PREFIX = "sealed:v1:"
-KEY_FILE = "secrets.key"
+KEY_FILE = fleet_keys.SEALING_KEY
 
 
 def load_key(state_dir: Path) -> bytes:
     """The state directory's key, made (mode 0600) if there is none yet."""
-    path = state_dir / KEY_FILE
-    if path.exists():
-        return path.read_bytes().strip()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    key = Fernet.generate_key()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(key + b"\n")
-    return key
+    return fleet_keys.StateDirKeys(state_dir).kept_now(KEY_FILE).encode()
 
 
 def _masked_maps(data: dict[str, Any]) -> list[dict[str, Any]]:
@@ -56,6 +49,11 @@ class Sealer:
     @classmethod
     def for_state_dir(cls, state_dir: Path) -> Sealer:
         return cls(load_key(state_dir))
+
+    async def adopt(self, source: fleet_keys.KeySource) -> None:
+        """Seal and unseal with the key ``source`` keeps from now on (a coordinator of a fleet takes the fleet's
+        key from the shared database at startup, before it stores or reads any job)."""
+        self._fernet = Fernet((await source.kept(KEY_FILE)).encode())
 
     def seal(self, spec: JobSubmission) -> str:
         """The spec as stored: JSON with each masked value encrypted."""

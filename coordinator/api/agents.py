@@ -66,6 +66,7 @@ async def apply_events(app: web.Application, runner_id: str, batch: list[AgentEv
         raise RunnerNotFound(runner_id)
     acked, changes = applied
     app[keys.LOG_FEED].publish(runner_id, batch)  # live log followers (SSE)
+    app[keys.AGENTS].bus.publish_logs(runner_id, batch)  # and those on the other coordinators of a fleet
     hub = app[keys.HUB]
     for change in changes:
         hub.publish(events.status_change(change))

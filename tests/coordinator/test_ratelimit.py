@@ -100,14 +100,14 @@ async def test_disabled_limits_send_no_headers(coordinator: CoordinatorHandle) -
     assert response.status == 201 and "X-RateLimit-Limit" not in response.headers
 
 
-def test_windows_are_aligned_minutes_and_reset() -> None:
+async def test_windows_are_aligned_minutes_and_reset() -> None:
     now = [1_000_000.0 * 60 + 59.5]  # half a second before a minute boundary
     limiter = RateLimiter(RateLimits(registration_per_minute=1), clock=lambda: now[0])
     rule = Rule("registration", 1, lambda request: "ip")
-    first = limiter.hit(rule, "ip")
+    first = await limiter.hit(rule, "ip")
     assert first.allowed and first.remaining == 0 and first.reset == 1_000_001 * 60
-    assert not limiter.hit(rule, "ip").allowed
-    assert limiter.hit(rule, "other-ip").allowed
+    assert not (await limiter.hit(rule, "ip")).allowed
+    assert (await limiter.hit(rule, "other-ip")).allowed
     now[0] += 1.0  # the next window
-    again = limiter.hit(rule, "ip")
+    again = await limiter.hit(rule, "ip")
     assert again.allowed and again.reset == 1_000_002 * 60
