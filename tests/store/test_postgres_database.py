@@ -11,6 +11,7 @@ from structlog.testing import capture_logs
 from coordinator.store.postgres.database import PostgresDatabase
 from coordinator.store.postgres.schema import MIGRATIONS
 from coordinator.store.schema import MIGRATIONS as SQLITE_MIGRATIONS
+from shared.config import ConfigError
 from shared.errors import StorageUnavailable
 from tests.helpers import free_port
 
@@ -91,9 +92,20 @@ async def test_a_server_that_is_gone_is_storage_unavailable(postgres_url: str) -
     with pytest.raises(StorageUnavailable):
         async with db.transaction():
             pass
-    nowhere = PostgresDatabase(f"postgresql://postgres@127.0.0.1:{free_port()}/none")
-    with pytest.raises(OSError):
-        await nowhere.open()
+    # Nothing there, or no such database: the coordinator stops with one line naming it (not the password).
+    for url in (f"postgresql://postgres:pw@127.0.0.1:{free_port()}/none", postgres_url.rsplit("/", 1)[0] + "/nosuch"):
+        with pytest.raises(ConfigError, match="cannot be used") as refused:
+            await PostgresDatabase(url).open()
+        assert ":pw@" not in str(refused.value)
+
+
+async def test_a_database_with_a_newer_schema_is_refused(postgres_url: str) -> None:
+    current = PostgresDatabase(postgres_url)
+    await current.open()
+    await current.close()
+    older = PostgresDatabase(postgres_url, migrations=MIGRATIONS[:-1])
+    with pytest.raises(ConfigError, match="newer than this release"):
+        await older.open()
 
 
 async def _read_only(url: str, on: bool) -> None:

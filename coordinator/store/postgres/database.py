@@ -21,7 +21,9 @@ from typing import TYPE_CHECKING, Any, cast
 import asyncpg
 import structlog
 
+from coordinator.config import without_password
 from coordinator.store.postgres.schema import MIGRATIONS
+from shared.config import ConfigError
 from shared.errors import StorageUnavailable
 
 if TYPE_CHECKING:
@@ -69,19 +71,28 @@ class PostgresDatabase:
         """Operations that failed with a storage error (not a constraint violation) since start, for metrics."""
 
     async def open(self) -> None:
-        """Connect, migrate under the advisory lock, and open the pool."""
-        conn = await asyncpg.connect(self.url, timeout=CONNECT_TIMEOUT)
+        """Connect, migrate under the advisory lock, and open the pool. A database that cannot be used (no
+        server there, refused credentials, no such database, a newer schema) is a :class:`ConfigError` naming
+        it, so the coordinator stops with one line instead of starting without its store."""
         try:
-            await self._migrate(conn)
-        finally:
-            await conn.close()
-        self._pool = await asyncpg.create_pool(
-            self.url,
-            min_size=self.min_size,
-            max_size=self.max_size,
-            command_timeout=COMMAND_TIMEOUT,
-            timeout=CONNECT_TIMEOUT,
-        )
+            conn = await asyncpg.connect(self.url, timeout=CONNECT_TIMEOUT)
+            try:
+                await self._migrate(conn)
+            finally:
+                await conn.close()
+            self._pool = await asyncpg.create_pool(
+                self.url,
+                min_size=self.min_size,
+                max_size=self.max_size,
+                command_timeout=COMMAND_TIMEOUT,
+                timeout=CONNECT_TIMEOUT,
+            )
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+            reason = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+            raise ConfigError(
+                f"database {without_password(self.url)} cannot be used ({reason}); check the URL, the credentials"
+                " and that the server is running"
+            ) from e
 
     async def _migrate(self, conn: Connection) -> None:
         await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
@@ -92,9 +103,9 @@ class PostgresDatabase:
             )
             current = int(await conn.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_version"))
             if current > len(self._migrations):
-                raise RuntimeError(
-                    f"database has schema version {current}, newer than this release knows "
-                    f"({len(self._migrations)}); upgrade the software"
+                raise ConfigError(
+                    f"database {without_password(self.url)} has schema version {current}, newer than this release"
+                    f" knows ({len(self._migrations)}); upgrade the software or use another database"
                 )
             for version, script in enumerate(self._migrations[current:], start=current + 1):
                 async with conn.transaction():
