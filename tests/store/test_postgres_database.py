@@ -136,3 +136,27 @@ async def test_a_read_only_database_is_reported_until_it_accepts_writes_again(po
             await conn.execute("INSERT INTO fleet_settings (name, value) VALUES ('a', '1')")
     finally:
         await db.close()
+
+
+async def test_a_deadlock_between_writers_is_refused_for_retry_and_not_a_storage_problem(postgres_url: str) -> None:
+    db = PostgresDatabase(postgres_url, min_size=2, max_size=2)
+    await db.open()
+    try:
+        async with db.transaction() as conn:
+            await conn.execute("INSERT INTO fleet_settings (name, value) VALUES ('a', ''), ('b', '')")
+        locked = {"a": asyncio.Event(), "b": asyncio.Event()}
+
+        async def writer(mine: str, theirs: str) -> None:
+            async with db.transaction() as conn:
+                await conn.execute("UPDATE fleet_settings SET value = 'x' WHERE name = $1", mine)
+                locked[mine].set()
+                await locked[theirs].wait()
+                await conn.execute("UPDATE fleet_settings SET value = 'y' WHERE name = $1", theirs)
+
+        results = await asyncio.gather(writer("a", "b"), writer("b", "a"), return_exceptions=True)
+        refused = [r for r in results if isinstance(r, StorageUnavailable)]
+        assert len(refused) == 1 and results.count(None) == 1, results
+        assert "retry" in str(refused[0])
+        assert await db.storage_problem() is None
+    finally:
+        await db.close()

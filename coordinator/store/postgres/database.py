@@ -35,6 +35,9 @@ log = structlog.get_logger(__name__)
 
 MIGRATION_LOCK = 0x7275_7374_6369_0001
 """The advisory lock key held while migrating (``pg_advisory_lock`` takes one bigint)."""
+RETRY_SQLSTATES = "40"
+"""Transaction rollback (a deadlock or a serialization failure between coordinators): the operation is
+refused as ``STORAGE_UNAVAILABLE`` for the client to retry, and the storage is not reported unhealthy."""
 STORAGE_SQLSTATES = (
     "53",  # insufficient resources: disk full, out of memory, too many connections
     "08",  # connection exceptions
@@ -148,6 +151,9 @@ class PostgresDatabase:
             self.errors += 1
             raise
         except Exception as e:
+            if isinstance(e, asyncpg.PostgresError) and str(getattr(e, "sqlstate", "")).startswith(RETRY_SQLSTATES):
+                self.errors += 1
+                raise StorageUnavailable(f"the database refused the operation, retry it: {e}") from e
             problem = storage_error(e)
             if problem is None:
                 raise
