@@ -323,12 +323,15 @@ class CoordinatorConfig(Settings):
     @property
     def database_name(self) -> str:
         """The database for logs and health reports: the file, or the URL without its password."""
-        if self.database_engine == "sqlite":
-            return str(self.database_path)
-        parts = urlsplit(self.database_url)
-        if parts.password is None:
-            return self.database_url
-        return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)).geturl()
+        return str(self.database_path) if self.database_engine == "sqlite" else without_password(self.database_url)
+
+
+def without_password(url: str) -> str:
+    """``url`` with its password (if any) shown as ``***``: for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)).geturl()
 
 
 def is_loopback(host: str) -> bool:

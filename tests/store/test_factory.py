@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from coordinator.config import CoordinatorConfig
 from coordinator.store import factory
 from coordinator.store.base import RunnerChanges
 from shared.config import ConfigError
+from tests.helpers import REPO, free_port
 from tests.store_support import postgres_engine_problem
 from tests.test_footprint import _loaded
 
@@ -72,3 +78,18 @@ def test_runner_changes_name_what_they_set_and_store_lists_as_json() -> None:
     assert changes.stored() == {"name": "n", "tags": '["a", "b"]', "metadata": '{"k": 1}', "last_seen": 5.0}
     assert changes.changes_membership and not RunnerChanges(name="n").changes_membership
     assert RunnerChanges().names() == []
+
+
+def test_a_coordinator_whose_database_cannot_be_used_stops_with_one_line(tmp_path: Path) -> None:
+    environment = {
+        **os.environ,
+        "RUSTCI_STATE_DIR": str(tmp_path / "state"),
+        "RUSTCI_DATABASE": f"postgresql://rustci:pw@127.0.0.1:{free_port()}/rustci",
+        "RUSTCI_LISTEN_PORT": str(free_port()),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "coordinator"], cwd=REPO, env=environment, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("rustci-coordinator: database") and "Traceback" not in done.stderr
+    assert ":pw@" not in done.stderr + done.stdout

@@ -12,6 +12,7 @@ from structlog.testing import capture_logs
 from coordinator.store.postgres.database import PostgresDatabase
 from coordinator.store.postgres.schema import MIGRATIONS
 from coordinator.store.schema import MIGRATIONS as SQLITE_MIGRATIONS
+from shared.config import ConfigError
 from shared.errors import StorageUnavailable
 from shared.sqlite import Database
 from tests.helpers import free_port
@@ -103,9 +104,20 @@ async def test_a_server_that_is_gone_is_storage_unavailable(postgres_url: str) -
     with pytest.raises(StorageUnavailable):
         async with db.transaction():
             pass
-    nowhere = PostgresDatabase(f"postgresql://postgres@127.0.0.1:{free_port()}/none")
-    with pytest.raises(OSError):
-        await nowhere.open()
+    # Nothing there, or no such database: the coordinator stops with one line naming it (not the password).
+    for url in (f"postgresql://postgres:pw@127.0.0.1:{free_port()}/none", postgres_url.rsplit("/", 1)[0] + "/nosuch"):
+        with pytest.raises(ConfigError, match="cannot be used") as refused:
+            await PostgresDatabase(url).open()
+        assert ":pw@" not in str(refused.value)
+
+
+async def test_a_database_with_a_newer_schema_is_refused(postgres_url: str) -> None:
+    current = PostgresDatabase(postgres_url)
+    await current.open()
+    await current.close()
+    older = PostgresDatabase(postgres_url, migrations=MIGRATIONS[:-1])
+    with pytest.raises(ConfigError, match="newer than this release"):
+        await older.open()
 
 
 async def _read_only(url: str, on: bool) -> None:
@@ -134,5 +146,29 @@ async def test_a_read_only_database_is_reported_until_it_accepts_writes_again(po
         assert await db.storage_problem() is None
         async with db.transaction() as conn:
             await conn.execute("INSERT INTO fleet_settings (name, value) VALUES ('a', '1')")
+    finally:
+        await db.close()
+
+
+async def test_a_deadlock_between_writers_is_refused_for_retry_and_not_a_storage_problem(postgres_url: str) -> None:
+    db = PostgresDatabase(postgres_url, min_size=2, max_size=2)
+    await db.open()
+    try:
+        async with db.transaction() as conn:
+            await conn.execute("INSERT INTO fleet_settings (name, value) VALUES ('a', ''), ('b', '')")
+        locked = {"a": asyncio.Event(), "b": asyncio.Event()}
+
+        async def writer(mine: str, theirs: str) -> None:
+            async with db.transaction() as conn:
+                await conn.execute("UPDATE fleet_settings SET value = 'x' WHERE name = $1", mine)
+                locked[mine].set()
+                await locked[theirs].wait()
+                await conn.execute("UPDATE fleet_settings SET value = 'y' WHERE name = $1", theirs)
+
+        results = await asyncio.gather(writer("a", "b"), writer("b", "a"), return_exceptions=True)
+        refused = [r for r in results if isinstance(r, StorageUnavailable)]
+        assert len(refused) == 1 and results.count(None) == 1, results
+        assert "retry" in str(refused[0])
+        assert await db.storage_problem() is None
     finally:
         await db.close()

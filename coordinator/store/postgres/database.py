@@ -21,7 +21,9 @@ from typing import TYPE_CHECKING, Any, cast
 import asyncpg
 import structlog
 
+from coordinator.config import without_password
 from coordinator.store.postgres.schema import MIGRATIONS
+from shared.config import ConfigError
 from shared.errors import StorageUnavailable
 
 if TYPE_CHECKING:
@@ -33,6 +35,9 @@ log = structlog.get_logger(__name__)
 
 MIGRATION_LOCK = 0x7275_7374_6369_0001
 """The advisory lock key held while migrating (``pg_advisory_lock`` takes one bigint)."""
+RETRY_SQLSTATES = "40"
+"""Transaction rollback (a deadlock or a serialization failure between coordinators): the operation is
+refused as ``STORAGE_UNAVAILABLE`` for the client to retry, and the storage is not reported unhealthy."""
 STORAGE_SQLSTATES = (
     "53",  # insufficient resources: disk full, out of memory, too many connections
     "08",  # connection exceptions
@@ -69,19 +74,28 @@ class PostgresDatabase:
         """Operations that failed with a storage error (not a constraint violation) since start, for metrics."""
 
     async def open(self) -> None:
-        """Connect, migrate under the advisory lock, and open the pool."""
-        conn = await asyncpg.connect(self.url, timeout=CONNECT_TIMEOUT)
+        """Connect, migrate under the advisory lock, and open the pool. A database that cannot be used (no
+        server there, refused credentials, no such database, a newer schema) is a :class:`ConfigError` naming
+        it, so the coordinator stops with one line instead of starting without its store."""
         try:
-            await self._migrate(conn)
-        finally:
-            await conn.close()
-        self._pool = await asyncpg.create_pool(
-            self.url,
-            min_size=self.min_size,
-            max_size=self.max_size,
-            command_timeout=COMMAND_TIMEOUT,
-            timeout=CONNECT_TIMEOUT,
-        )
+            conn = await asyncpg.connect(self.url, timeout=CONNECT_TIMEOUT)
+            try:
+                await self._migrate(conn)
+            finally:
+                await conn.close()
+            self._pool = await asyncpg.create_pool(
+                self.url,
+                min_size=self.min_size,
+                max_size=self.max_size,
+                command_timeout=COMMAND_TIMEOUT,
+                timeout=CONNECT_TIMEOUT,
+            )
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+            reason = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+            raise ConfigError(
+                f"database {without_password(self.url)} cannot be used ({reason}); check the URL, the credentials"
+                " and that the server is running"
+            ) from e
 
     async def _migrate(self, conn: Connection) -> None:
         await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
@@ -92,9 +106,9 @@ class PostgresDatabase:
             )
             current = int(await conn.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_version"))
             if current > len(self._migrations):
-                raise RuntimeError(
-                    f"database has schema version {current}, newer than this release knows "
-                    f"({len(self._migrations)}); upgrade the software"
+                raise ConfigError(
+                    f"database {without_password(self.url)} has schema version {current}, newer than this release"
+                    f" knows ({len(self._migrations)}); upgrade the software or use another database"
                 )
             for version, script in enumerate(self._migrations[current:], start=current + 1):
                 async with conn.transaction():
@@ -137,6 +151,9 @@ class PostgresDatabase:
             self.errors += 1
             raise
         except Exception as e:
+            if isinstance(e, asyncpg.PostgresError) and str(getattr(e, "sqlstate", "")).startswith(RETRY_SQLSTATES):
+                self.errors += 1
+                raise StorageUnavailable(f"the database refused the operation, retry it: {e}") from e
             problem = storage_error(e)
             if problem is None:
                 raise

@@ -46,17 +46,21 @@ FINISHED = "('completed', 'failed', 'timed_out', 'cancelled')"
 
 
 async def _write_beats(conn: Connection, beats: dict[str, PendingHeartbeat]) -> None:
-    """The heartbeat columns of many runners in one statement; ``last_seen`` never moves back."""
+    """The heartbeat columns of many runners in one statement; ``last_seen`` never moves back. Rows are locked
+    in id order, as every statement here that locks several runners does, so two coordinators flushing at
+    once wait for each other instead of deadlocking."""
     if beats:
+        ids = sorted(beats)
         await conn.execute(
-            "UPDATE runners r SET load = b.load, heartbeat_interval = b.interval,"
+            "WITH locked AS (SELECT id FROM runners WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE)"
+            " UPDATE runners r SET load = b.load, heartbeat_interval = b.interval,"
             " last_seen = GREATEST(r.last_seen, b.at), last_heartbeat = b.at"
-            " FROM unnest($1::text[], $2::text[], $3::float8[], $4::float8[]) AS b(id, load, interval, at)"
-            " WHERE r.id = b.id",
-            list(beats),
-            [b.load_json for b in beats.values()],
-            [b.interval for b in beats.values()],
-            [b.at for b in beats.values()],
+            " FROM unnest($1::text[], $2::text[], $3::float8[], $4::float8[]) AS b(id, load, interval, at), locked"
+            " WHERE r.id = b.id AND locked.id = b.id",
+            ids,
+            [beats[i].load_json for i in ids],
+            [beats[i].interval for i in ids],
+            [beats[i].at for i in ids],
         )
 
 
@@ -210,7 +214,7 @@ class PostgresStore:
                 await _write_beats(conn, pending)  # liveness judges by every heartbeat received, written or not
                 rows = await conn.fetch(
                     "WITH stale AS (SELECT id, status FROM runners WHERE status != 'inactive'"
-                    " AND last_seen < $1 - heartbeat_interval * $2 ORDER BY seq FOR UPDATE)"
+                    " AND last_seen < $1 - heartbeat_interval * $2 ORDER BY id FOR UPDATE)"
                     " UPDATE runners r SET status = 'inactive' FROM stale WHERE r.id = stale.id"
                     " RETURNING r.id, stale.status AS old_status",
                     float(now),
@@ -332,6 +336,8 @@ class PostgresStore:
 
     async def cancel_open_jobs(self, runner_id: str, reason: str, now: float) -> list[StatusChange]:
         async with self._db.transaction() as conn:
+            # The runner's row first, as event application takes it, so the two take the job rows in turn.
+            await conn.execute("SELECT 1 FROM runners WHERE id = $1 FOR UPDATE", runner_id)
             rows = await conn.fetch(
                 f"WITH open AS (SELECT id, status FROM jobs WHERE runner_id = $1 AND status IN {OPEN}"
                 " ORDER BY seq FOR UPDATE)"
