@@ -83,9 +83,10 @@ async def _router(app: web.Application) -> AsyncIterator[None]:
 
 async def _fleet(app: web.Application) -> AsyncIterator[None]:
     """Leadership, the fleet bus, shared keys and rate-limit counters (``coordinator.scaleout``)."""
-    services = scaleout.fleet_services(app, None)
+    stores = app[keys.STORES]
+    services = scaleout.fleet_services(app, stores.shared)
     services.connect(app)
-    await services.open(app)
+    await services.open(app, stores.sealer)
     yield
     await services.close()
 

@@ -70,16 +70,6 @@ NOTIFY_LIMIT = 7900
 BROADCAST = "rustci_bus"
 MESSAGE_TTL = 300.0
 """Seconds a large broadcast message's row is kept for the coordinators to read."""
-FLEET_MESSAGES_DDL = """
-CREATE TABLE IF NOT EXISTS fleet_messages (
-    id bigserial PRIMARY KEY,
-    payload text NOT NULL,
-    created_at double precision NOT NULL
-)
-"""
-"""The table of messages too large for a ``NOTIFY`` (part of the PostgreSQL store's schema)."""
-
-
 # --- what crosses between coordinators ------------------------------------------------------------------
 
 

@@ -36,8 +36,9 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-LEADER_LOCK = 0x72757374_63690001
-"""The advisory lock key of the fleet leader (``rustci`` and 1; the migrations use another)."""
+LEADER_LOCK = 0x7275_7374_6369_0002
+"""The advisory lock key of the fleet leader (``rustci`` and 2; the migrations hold ``rustci`` and 1 while they run,
+so a coordinator starting while another leads is not kept waiting)."""
 RETRY_INTERVAL = 2.0
 
 Work = Callable[[], Coroutine[Any, Any, Any]]

@@ -36,7 +36,9 @@ if TYPE_CHECKING:
 
 BATCH = 5_000
 """Rows read from SQLite and handed to PostgreSQL's ``COPY`` at a time."""
-RUN_TIME_TABLES = frozenset({"schema_version", "fleet_settings", "rate_limit_counters", "coordinator_channels"})
+RUN_TIME_TABLES = frozenset(
+    {"schema_version", "fleet_settings", "rate_limit_counters", "coordinator_channels", "fleet_messages"}
+)
 """PostgreSQL tables that hold what coordinators share while running, not what a store holds."""
 KEY_FILES = ("admin-api-key", "registration-key", "jwt-secret", "secrets.key")
 """The generated keys a coordinator keeps in its state directory, under the names ``fleet_settings`` uses."""

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import NoReturn
 
+from coordinator import pg
 from coordinator.config import CoordinatorConfig, DatabaseEngine
 from coordinator.sealing import Sealer
 from coordinator.store.base import Store
 from coordinator.store.protocols import AuditStorage, FleetStore, LogStore, MetricsStore
-from shared.config import ConfigError
 
 
 @dataclass(frozen=True)
@@ -32,6 +31,11 @@ class Stores:
     """Connects (and migrates the schema) before any member is used."""
     close: Callable[[], Awaitable[None]] = field(repr=False)
     """Writes what the members deferred (heartbeats) and disconnects."""
+    sealer: Sealer | None = None
+    """Seals the masked values of stored jobs (a fleet's coordinators adopt one shared key at start)."""
+    shared: pg.Connections | None = None
+    """The database several coordinators share (PostgreSQL), for the fleet seams (``coordinator.scaleout``);
+    None for an embedded database that serves one coordinator."""
 
 
 Builder = Callable[[CoordinatorConfig, Sealer | None], Stores]
@@ -55,17 +59,17 @@ def _sqlite(config: CoordinatorConfig, sealer: Sealer | None) -> Stores:
         audit=SqliteAuditStorage(db),
         open=registry.open,
         close=registry.close,
-    )
-
-
-def _missing(part: str) -> NoReturn:
-    raise ConfigError(
-        f"database: this build has no PostgreSQL {part} store yet; use an SQLite file for the database meanwhile"
+        sealer=sealer,
     )
 
 
 def _postgresql(config: CoordinatorConfig, sealer: Sealer | None) -> Stores:
+    from coordinator.store.metrics import Retention
+    from coordinator.store.postgres.audit import PostgresAuditStorage
     from coordinator.store.postgres.database import PostgresDatabase
+    from coordinator.store.postgres.fleet import PostgresFleetStore
+    from coordinator.store.postgres.logs import PostgresLogStore
+    from coordinator.store.postgres.metrics import PostgresMetricsStore
     from coordinator.store.postgres.registry import PostgresStore
 
     pool = config.database_pool
@@ -84,12 +88,14 @@ def _postgresql(config: CoordinatorConfig, sealer: Sealer | None) -> Stores:
 
     return Stores(
         registry=registry,
-        fleet=_missing("fleet-job"),
-        metrics=_missing("metric history"),
-        logs=_missing("log"),
-        audit=_missing("audit"),
+        fleet=PostgresFleetStore(db, sealer),
+        metrics=PostgresMetricsStore(db, Retention.of(config.metrics)),
+        logs=PostgresLogStore(db),
+        audit=PostgresAuditStorage(db),
         open=open_,
         close=close,
+        sealer=sealer,
+        shared=db,
     )
 
 

@@ -1,7 +1,6 @@
 """Two coordinators on one PostgreSQL database serving one fleet, with real agents.
 
-These run once the PostgreSQL store is complete (every member of ``coordinator.store.factory``'s bundle) and
-the application passes its database to ``coordinator.scaleout.fleet_services``; until then they skip, saying so.
+Each coordinator is an in-process application with its own state directory, on the test's database.
 """
 
 from __future__ import annotations
@@ -12,35 +11,15 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from agent.daemon import Agent
 from coordinator import keys
 from coordinator.bus import PostgresBus
 from tests.conftest import API_KEY, CoordinatorHandle, agent_config, coordinator_config, running_coordinator
-from tests.fleet.pg import create_fleet_tables
 from tests.helpers import TERMINAL, job_output, submit_job, wait_for
-
-
-def _missing_postgres_store(url: str, state_dir: Path) -> str | None:
-    """Why this build cannot run coordinators on PostgreSQL yet, or None."""
-    try:
-        from coordinator.store import factory
-    except ImportError:
-        return "no store factory in this build"
-    try:
-        factory.build(coordinator_config(state_dir, database=url), None)
-    except Exception as e:  # a missing member, or no PostgreSQL engine at all
-        return f"the PostgreSQL store is not complete here: {e}"
-    return None
 
 
 @contextlib.asynccontextmanager
 async def fleet(postgres_url: str, tmp_path: Path, count: int = 2) -> AsyncIterator[list[CoordinatorHandle]]:
-    problem = _missing_postgres_store(postgres_url, tmp_path / "probe")
-    if problem is not None:
-        pytest.skip(problem)
-    await create_fleet_tables(postgres_url)
     async with contextlib.AsyncExitStack() as stack:
         handles = []
         for i in range(count):  # each with its own state directory, generating no key of its own
