@@ -6,7 +6,8 @@ measures, in one run:
 - throughput: one step prints 100 MB in 100-byte lines (``yes | head -c``); timed from the submit (and from
   the job's own start) until the coordinator has stored every entry. The job's final event is spooled after
   its last line and applied in order, so "job completed on the coordinator" means "every line stored"; the
-  stored count is checked afterwards. Peak RSS of both daemons is sampled meanwhile.
+  stored count is checked afterwards. Peak RSS of both daemons is sampled meanwhile, and their CPU time
+  (user + system) is taken before and after, per line and as a share of a core.
 - follow delay: a step prints a timestamped line every 20 ms (200 lines) while a client follows the runner's
   log (``GET /logs?follow=true``, Server-Sent Events); delay = receive time minus the time printed in the line.
 
