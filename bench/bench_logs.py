@@ -6,7 +6,8 @@ measures, in one run:
 - throughput: one step prints 100 MB in 100-byte lines (``yes | head -c``); timed from the submit (and from
   the job's own start) until the coordinator has stored every entry. The job's final event is spooled after
   its last line and applied in order, so "job completed on the coordinator" means "every line stored"; the
-  stored count is checked afterwards. Peak RSS of both daemons is sampled meanwhile.
+  stored count is checked afterwards. Peak RSS of both daemons is sampled meanwhile, and their CPU time
+  (user + system) is taken before and after, per line and as a share of a core.
 - follow delay: a step prints a timestamped line every 20 ms (200 lines) while a client follows the runner's
   log (``GET /logs?follow=true``, Server-Sent Events); delay = receive time minus the time printed in the line.
 
@@ -106,9 +107,14 @@ class PeakRss:
     def peak_mb(self) -> list[float]:
         return [round(peak / 1e6, 1) for peak in self.peak]
 
+    def cpu_seconds(self) -> list[float]:
+        """User + system CPU time of each process so far."""
+        return [sum(proc.cpu_times()[:2]) for proc in self._procs]
+
 
 async def throughput(session: aiohttp.ClientSession, c: Cluster, total: int, deadline: float) -> dict[str, Any]:
     rss = PeakRss(c.agent.pid, c.coordinator.pid)
+    cpu0 = rss.cpu_seconds()
     t0 = time.perf_counter()
     wall0 = time.time()
     job_id = await submit(session, c, flood(total))
@@ -123,6 +129,7 @@ async def throughput(session: aiohttp.ClientSession, c: Cluster, total: int, dea
             raise BenchError(f"time budget exhausted with the {total / 1e6:g} MB job still {state['status']}")
         await asyncio.sleep(0.02)  # the sampling period of the RSS and the job's state
     elapsed = time.perf_counter() - t0
+    cpu = [after - before for after, before in zip(rss.cpu_seconds(), cpu0, strict=True)]
     done_wall = wall0 + elapsed
     if state["status"] != "completed":
         raise BenchError(f"the flood job ended {state['status']}: {state.get('reason')}")
@@ -144,6 +151,9 @@ async def throughput(session: aiohttp.ClientSession, c: Cluster, total: int, dea
         "lines_per_s": round(lines / from_start),
         "peak_rss_growth_mb": dict(zip(("agent", "coordinator"), rss.grown_mb(), strict=True)),
         "peak_rss_mb": dict(zip(("agent", "coordinator"), rss.peak_mb(), strict=True)),
+        # The agent's figure includes reading the step's output (the step's own processes are not counted).
+        "cpu_us_per_line": dict(zip(("agent", "coordinator"), (round(s / lines * 1e6, 2) for s in cpu), strict=True)),
+        "cpu_share_of_a_core": dict(zip(("agent", "coordinator"), (round(s / elapsed, 2) for s in cpu), strict=True)),
     }
 
 
@@ -277,6 +287,9 @@ def render(report: dict[str, Any]) -> str:
         f"  peak RSS: agent {flow['peak_rss_mb']['agent']} MB (+{flow['peak_rss_growth_mb']['agent']}),"
         f" coordinator {flow['peak_rss_mb']['coordinator']} MB (+{flow['peak_rss_growth_mb']['coordinator']});"
         f" target agent ≤ {TARGET_AGENT_RSS_MB:g} MB: {met('agent_peak_rss_mb')}",
+        f"  CPU per line: agent {flow['cpu_us_per_line']['agent']} µs, coordinator"
+        f" {flow['cpu_us_per_line']['coordinator']} µs (share of a core: agent"
+        f" {flow['cpu_share_of_a_core']['agent']}, coordinator {flow['cpu_share_of_a_core']['coordinator']})",
         "",
         "live follow (SSE): a line every 20 ms, delay from print to the follower receiving it",
         row("print → follower", follow),

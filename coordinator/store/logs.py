@@ -137,7 +137,7 @@ CHUNK_SCHEMA = """
     );
     CREATE INDEX log_chunks_last ON log_chunks(runner_id, last_seq);
     CREATE INDEX log_chunks_job ON log_chunks(job_id, first_seq);
-    CREATE INDEX log_chunks_age ON log_chunks(last_ts)
+    CREATE INDEX log_chunks_age ON log_chunks(last_ts, bytes)
 """
 """The table (see ``coordinator.store.chunks`` for what each column means)."""
 
