@@ -189,6 +189,8 @@ class AuditLog:
         self._seen: set[str] = set()
         self._tasks = TaskSet("audit")
         self.dropped = 0
+        self._flushing = asyncio.Lock()
+        """One batch written at a time: see :meth:`flush`."""
 
     async def start(self) -> None:
         self._seen = await self._storage.first_used()
@@ -238,6 +240,13 @@ class AuditLog:
                 self._wake.set()
 
     async def flush(self) -> None:
+        """Write what is queued. Batches are written one at a time, in the order they were taken, and a flush
+        waits for the batch in flight: once it returns, everything recorded before it is stored and in order,
+        also on an engine that runs transactions side by side (PostgreSQL's pool)."""
+        async with self._flushing:
+            await self._write_queued()
+
+    async def _write_queued(self) -> None:
         batch, self._queue = self._queue, []
         if not batch:
             return
