@@ -87,7 +87,9 @@ async def _fleet(app: web.Application) -> AsyncIterator[None]:
     """Leadership, the fleet bus, shared keys and rate-limit counters (``coordinator.scaleout``)."""
     services = scaleout.fleet_services(app, None)
     services.connect(app)
-    await services.open(app)
+    app[keys.LEADERSHIP] = services.leadership
+    if (credentials := await services.open(app[keys.CONFIG])) is not None:
+        app[keys.CREDENTIALS] = credentials
     yield
     await services.close()
 
