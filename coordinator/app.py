@@ -86,7 +86,9 @@ async def _fleet(app: web.Application) -> AsyncIterator[None]:
     stores = app[keys.STORES]
     services = scaleout.fleet_services(app, stores.shared)
     services.connect(app)
-    await services.open(app, stores.sealer)
+    app[keys.LEADERSHIP] = services.leadership
+    if (credentials := await services.open(app[keys.CONFIG], stores.sealer)) is not None:
+        app[keys.CREDENTIALS] = credentials
     yield
     await services.close()
 

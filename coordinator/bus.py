@@ -26,14 +26,9 @@ stale or missing, and within the call's timeout plus :data:`FORWARD_MARGIN` when
 wake-up for a gone holder does nothing: the job stays held (``queued``) until the agent reconnects to some
 coordinator, whose dispatcher delivers it on the agent's hello.
 
-Wiring (``coordinator.app``), for PostgreSQL::
-
-    bus = PostgresBus(database)              # a coordinator.pg.Connections (the PostgreSQL store's database)
-    bus.handlers = BusHandlers(call=agents.call_here, wake=dispatcher.kick, event=hub.deliver,
-                               logs=log_feed.publish)
-    agents.bus = bus                         # AgentClient: forwards calls, records channels
-    hub.relay = bus.publish_event            # Hub: live events to the other coordinators
-    await bus.open() ... await bus.close()
+Wiring: ``coordinator.scaleout`` picks the implementation and connects it (``AgentClient.bus``, ``Hub.relay``,
+and :class:`BusHandlers` calling ``AgentClient.call_here``, ``Dispatcher.kick``, ``Hub.deliver`` and
+``LogFeed.publish``).
 """
 
 from __future__ import annotations

@@ -13,6 +13,15 @@ seam                          one coordinator (SQLite)           a fleet (Postgr
 
 :meth:`FleetServices.connect` hands them to the components that use them; :meth:`FleetServices.open` adopts
 the fleet's generated keys (credentials, the sealing key) and starts the bus and the leadership campaign.
+Wiring, in a cleanup context of ``coordinator.app`` (``database``: the PostgreSQL store's database, or None)::
+
+    services = scaleout.fleet_services(app, database)
+    services.connect(app)
+    app[keys.LEADERSHIP] = services.leadership
+    if (credentials := await services.open(app[keys.CONFIG], sealer)) is not None:
+        app[keys.CREDENTIALS] = credentials
+    yield
+    await services.close()
 """
 
 from __future__ import annotations
@@ -22,7 +31,9 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from coordinator import auth, keys, pg
+from coordinator.auth import Credentials
 from coordinator.bus import BusHandlers, FleetBus, LocalBus, PostgresBus
+from coordinator.config import CoordinatorConfig
 from coordinator.fleet_keys import DatabaseKeys, KeySource, StateDirKeys
 from coordinator.leadership import AdvisoryLockLeadership, Leadership, SoleLeader
 from coordinator.ratelimit import Counters, DatabaseCounters, MemoryCounters
@@ -39,8 +50,8 @@ class FleetServices:
     """Whether the keys come from a shared database (and must be adopted at startup)."""
 
     def connect(self, app: web.Application) -> None:
-        """Hand each seam to its users: the agent client and hub to the bus, the bus to the dispatcher's wake-ups,
-        the counters to the rate limiter; and make them reachable through ``keys.LEADERSHIP``."""
+        """Hand each seam to its users: the bus to the agent client, the hub and the dispatcher's wake-ups, the
+        counters to the rate limiter. (``keys.LEADERSHIP`` is the caller's to set, at startup.)"""
         agents, hub, dispatcher = app[keys.AGENTS], app[keys.HUB], app[keys.DISPATCHER]
         self.bus.handlers = BusHandlers(
             call=agents.call_here, wake=dispatcher.kick, event=hub.deliver, logs=app[keys.LOG_FEED].publish
@@ -48,15 +59,19 @@ class FleetServices:
         agents.bus = self.bus
         hub.relay = self.bus.publish_event if self.shared else None
         app[keys.RATE_LIMITER].counters = self.counters
-        app[keys.LEADERSHIP] = self.leadership
 
-    async def open(self, app: web.Application, sealer: Sealer | None = None) -> None:
+    async def open(self, config: CoordinatorConfig, sealer: Sealer | None = None) -> Credentials | None:
+        """Adopt the fleet's keys (``sealer`` takes the fleet's sealing key), start the bus and the leadership
+        campaign. Returns the fleet's credentials for ``keys.CREDENTIALS`` (None alone: the state directory's,
+        loaded at startup, stand)."""
+        credentials = None
         if self.shared:
             if sealer is not None:
                 await sealer.adopt(self.keys)
-            app[keys.CREDENTIALS] = await auth.load_shared_credentials(app[keys.CONFIG], self.keys)
+            credentials = await auth.load_shared_credentials(config, self.keys)
         await self.bus.open()
         await self.leadership.open()
+        return credentials
 
     async def close(self) -> None:
         await self.leadership.close()
