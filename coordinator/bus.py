@@ -158,6 +158,10 @@ class FleetBus(Protocol):
         """Make the call at the coordinator holding the runner's channel; ``RUNNER_UNAVAILABLE`` if none does."""
         ...
 
+    async def held_elsewhere(self) -> set[str]:
+        """The runners whose channel another live coordinator holds (candidates for jobs routed by tags here)."""
+        ...
+
     def wake(self, runner_id: str) -> None:
         """A job was stored for a runner whose channel is not here: have its holder deliver it."""
         ...
@@ -193,6 +197,9 @@ class LocalBus:
 
     async def call(self, runner_id: str, kind: str, body: Any, timeout: float) -> Any:
         raise not_connected(runner_id, "its agent has no open channel to this coordinator")
+
+    async def held_elsewhere(self) -> set[str]:
+        return set()
 
     def wake(self, runner_id: str) -> None:
         return None
@@ -230,6 +237,7 @@ SELECT c.coordinator_id, pg_notify(
 FROM coordinator_channels c WHERE c.runner_id = $1 AND c.coordinator_id <> $2 AND {ALIVE}
 """
 """Find the runner's live holder (not this coordinator) and notify its inbox (:func:`inbox_of`): one round trip."""
+HELD_ELSEWHERE = f"SELECT c.runner_id FROM coordinator_channels c WHERE c.coordinator_id <> $1 AND {ALIVE}"
 
 
 def inbox_of(coordinator_id: str) -> str:
@@ -320,6 +328,11 @@ class PostgresBus:
         if row is None or not row["alive"]:
             return None
         return str(row["coordinator_id"])
+
+    async def held_elsewhere(self) -> set[str]:
+        async with self._connections.connection() as conn:
+            rows = await conn.fetch(HELD_ELSEWHERE, self.coordinator_id)
+        return {str(r["runner_id"]) for r in rows}
 
     # --- calls ---
 

@@ -248,7 +248,10 @@ class Router:
 
     async def _candidates(self) -> list[Candidate]:
         runners, _ = await self._store.list_runners(RunnerFilter(status="active"), None, 0)
-        connected = [r for r in runners if self._agents.connected(r.id)]
+        # Channels here, and (several coordinators on one database) those other coordinators hold: a job routed
+        # here is delivered through the holder (``Dispatcher.kick`` wakes it).
+        elsewhere = await self._agents.bus.held_elsewhere() if runners else set()
+        connected = [r for r in runners if self._agents.connected(r.id) or r.id in elsewhere]
         if not connected:
             return []
         open_jobs = await self.fleet.open_counts()

@@ -109,3 +109,25 @@ async def test_the_agent_moves_to_the_other_coordinator_when_its_own_stops_and_n
             later = await submit_job(a.api, runner_id, "after-the-move", "echo moved")
             assert (await a.api.wait_job(runner_id, later, TERMINAL))["status"] == "completed"
             assert agent.identity().runner_id == runner_id
+
+
+async def test_a_job_routed_by_tags_through_one_coordinator_runs_on_an_agent_connected_to_the_other(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    async with fleet(postgres_url, tmp_path) as (a, b):
+        async with agent_at(tmp_path, [b, a], await _registration_key(a)) as agent:
+            runner_id = agent.identity().runner_id
+            status, body = await a.api.post(
+                "/jobs", {"name": "routed", "steps": [{"name": "s", "run": "echo routed"}], "tags": ["test"]}
+            )
+            assert status == 201, body
+            job_id = body["job_id"]
+
+            async def done() -> dict[str, Any] | None:
+                code, job = await a.api.get(f"/jobs/{job_id}")
+                assert code == 200, job
+                return job if job.get("status") in TERMINAL else None
+
+            job = await wait_for(done, 20, what="the routed job to finish on the other coordinator's agent")
+            assert job["status"] == "completed" and job["runner_id"] == runner_id, job
+            assert await job_output(a.api, runner_id, job_id) == ["routed"]
