@@ -4,7 +4,9 @@ The store writes a job's spec with each masked value (in ``environment`` and in 
 by ``sealed:v1:<Fernet token>`` and decrypts them when it reads the job back, so the rest of the coordinator sees
 the spec as submitted and the database file (WAL included) never holds a masked value in plain text, from the
 moment the job is accepted. The key (Fernet: AES-128-CBC with HMAC-SHA256, from ``cryptography``) lives in
-``<state_dir>/secrets.key``, mode 0600, made on first start.
+``<state_dir>/secrets.key``, mode 0600, made on first start. ``cryptography`` is loaded when the first masked
+value is sealed or unsealed (a coordinator whose jobs mask nothing never loads it); the key's form is checked
+at start all the same.
 
 A retry after a coordinator restart works: the key is read again from the state directory and held jobs are
 delivered with their secrets. If the key is lost or replaced, the values cannot be decrypted: they stay sealed
@@ -14,15 +16,19 @@ delivering it. Back up ``secrets.key`` with the database, and keep both readable
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
-from cryptography.fernet import Fernet, InvalidToken
 
 from shared.models import JobSubmission
+
+if TYPE_CHECKING:
+    from cryptography.fernet import Fernet
 
 log = structlog.get_logger(__name__)
 
@@ -36,7 +42,7 @@ def load_key(state_dir: Path) -> bytes:
     if path.exists():
         return path.read_bytes().strip()
     path.parent.mkdir(parents=True, exist_ok=True)
-    key = Fernet.generate_key()
+    key = base64.urlsafe_b64encode(os.urandom(32))  # what Fernet.generate_key() makes
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as out:
         out.write(key + b"\n")
@@ -51,7 +57,22 @@ def _masked_maps(data: dict[str, Any]) -> list[dict[str, Any]]:
 
 class Sealer:
     def __init__(self, key: bytes) -> None:
-        self._fernet = Fernet(key)
+        try:  # the check Fernet(key) makes, without loading it
+            valid = len(base64.urlsafe_b64decode(key)) == 32
+        except (binascii.Error, ValueError):
+            valid = False
+        if not valid:
+            raise ValueError("Fernet key must be 32 url-safe base64-encoded bytes.")
+        self._key = key
+        self._cipher: Fernet | None = None
+
+    @property
+    def _fernet(self) -> Fernet:
+        if self._cipher is None:
+            from cryptography.fernet import Fernet
+
+            self._cipher = Fernet(self._key)
+        return self._cipher
 
     @classmethod
     def for_state_dir(cls, state_dir: Path) -> Sealer:
@@ -73,6 +94,8 @@ class Sealer:
         for values in _masked_maps(data):
             for name, value in values.items():
                 if name in masked and isinstance(value, str) and value.startswith(PREFIX):
+                    from cryptography.fernet import InvalidToken
+
                     try:
                         values[name] = self._fernet.decrypt(value[len(PREFIX) :].encode()).decode()
                     except InvalidToken:
