@@ -1,7 +1,8 @@
 """Delivery of queued jobs from the coordinator to the agents, over their channels (``coordinator.proxy``).
 
 A job is the coordinator's until its agent acknowledges it (after storing it). Each runner has at most one
-delivery worker, woken on submit and on every heartbeat; it hands over the runner's undelivered jobs in
+delivery worker, woken on submit, on a connect, on a status change and on a heartbeat while anything may be
+held for it; it hands over the runner's undelivered jobs in
 submission order and stops at the first failure, leaving the rest held as ``queued`` for the next wake-up.
 Delivery is idempotent by job id on the agent, so a lost acknowledgement only costs a resend.
 
@@ -56,6 +57,12 @@ class Dispatcher:
             self._fresh.setdefault(runner.id, deque()).append(job)
             self._runners[runner.id] = runner
         self.kick(runner.id)
+
+    def heard_from(self, runner_id: str) -> None:
+        """The runner's agent is alive (a heartbeat that kept its status): deliver what is held for it, unless
+        it is known to have nothing held (then this costs nothing: no wake-up, no read of the store)."""
+        if runner_id not in self._clean:
+            self.kick(runner_id)
 
     def kick(self, runner_id: str) -> None:
         """Deliver the runner's held jobs soon. Cheap and safe to call any number of times."""

@@ -16,6 +16,7 @@ A :class:`KeySource` gives a key by name, making it on first use:
 
 from __future__ import annotations
 
+import base64
 import os
 import secrets
 from collections.abc import Callable
@@ -23,7 +24,6 @@ from pathlib import Path
 from typing import Protocol
 
 import structlog
-from cryptography.fernet import Fernet
 
 from coordinator import pg
 from shared import ids
@@ -39,7 +39,7 @@ GENERATORS: dict[str, Callable[[], str]] = {
     ADMIN_API_KEY: ids.new_api_key,
     REGISTRATION_KEY: lambda: f"reg_{ids.new_api_key()[3:]}",
     JWT_SECRET: lambda: secrets.token_hex(32),
-    SEALING_KEY: lambda: Fernet.generate_key().decode(),
+    SEALING_KEY: lambda: base64.urlsafe_b64encode(os.urandom(32)).decode(),  # Fernet.generate_key()'s form
 }
 
 

@@ -5,7 +5,9 @@ by ``sealed:v1:<Fernet token>`` and decrypts them when it reads the job back, so
 the spec as submitted and the database file (WAL included) never holds a masked value in plain text, from the
 moment the job is accepted. The key (Fernet: AES-128-CBC with HMAC-SHA256, from ``cryptography``) lives in
 ``<state_dir>/secrets.key``, mode 0600, made on first start; coordinators sharing a PostgreSQL database share
-one key through it (``coordinator.fleet_keys``), so any of them unseals what another sealed.
+one key through it (``coordinator.fleet_keys``), so any of them unseals what another sealed. ``cryptography`` is
+loaded when the first masked value is sealed or unsealed (a coordinator whose jobs mask nothing never loads it);
+the key's form is checked at start all the same.
 
 A retry after a coordinator restart works: the key is read again from the state directory and held jobs are
 delivered with their secrets. If the key is lost or replaced, the values cannot be decrypted: they stay sealed
@@ -15,15 +17,19 @@ delivering it. Back up ``secrets.key`` with the database, and keep both readable
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
-from cryptography.fernet import Fernet, InvalidToken
 
 from coordinator import fleet_keys
 from shared.models import JobSubmission
+
+if TYPE_CHECKING:
+    from cryptography.fernet import Fernet
 
 log = structlog.get_logger(__name__)
 
@@ -42,9 +48,28 @@ def _masked_maps(data: dict[str, Any]) -> list[dict[str, Any]]:
     return [m for m in maps if isinstance(m, dict)]
 
 
+def _checked(key: bytes) -> bytes:
+    try:  # the check Fernet(key) makes, without loading it
+        valid = len(base64.urlsafe_b64decode(key)) == 32
+    except (binascii.Error, ValueError):
+        valid = False
+    if not valid:
+        raise ValueError("Fernet key must be 32 url-safe base64-encoded bytes.")
+    return key
+
+
 class Sealer:
     def __init__(self, key: bytes) -> None:
-        self._fernet = Fernet(key)
+        self._key = _checked(key)
+        self._cipher: Fernet | None = None
+
+    @property
+    def _fernet(self) -> Fernet:
+        if self._cipher is None:
+            from cryptography.fernet import Fernet
+
+            self._cipher = Fernet(self._key)
+        return self._cipher
 
     @classmethod
     def for_state_dir(cls, state_dir: Path) -> Sealer:
@@ -53,7 +78,8 @@ class Sealer:
     async def adopt(self, source: fleet_keys.KeySource) -> None:
         """Seal and unseal with the key ``source`` keeps from now on (a coordinator of a fleet takes the fleet's
         key from the shared database at startup, before it stores or reads any job)."""
-        self._fernet = Fernet((await source.kept(KEY_FILE)).encode())
+        self._key = _checked((await source.kept(KEY_FILE)).encode())
+        self._cipher = None
 
     def seal(self, spec: JobSubmission) -> str:
         """The spec as stored: JSON with each masked value encrypted."""
@@ -71,6 +97,8 @@ class Sealer:
         for values in _masked_maps(data):
             for name, value in values.items():
                 if name in masked and isinstance(value, str) and value.startswith(PREFIX):
+                    from cryptography.fernet import InvalidToken
+
                     try:
                         values[name] = self._fernet.decrypt(value[len(PREFIX) :].encode()).decode()
                     except InvalidToken:

@@ -5,15 +5,14 @@ identity provider whose public key is configured (``auth.jwt.public_key_file``).
 ``exp`` (every token expires) and the role claim (``auth.jwt.role_claim``, default ``role``); ``iss`` and
 ``aud`` are verified when ``auth.jwt.issuer`` / ``auth.jwt.audience`` are set; ``nbf`` and ``iat`` when present.
 The key is chosen by the token's ``alg`` among the configured algorithms only, so ``alg: none`` and an HMAC
-token "signed" with the public key are refused.
+token "signed" with the public key are refused. PyJWT (which loads ``cryptography``) is imported when a JWT is
+first issued or verified, or a public key configured, not by every coordinator at start.
 """
 
 from __future__ import annotations
 
 import time
 from typing import Any
-
-import jwt
 
 from coordinator.config import KEY_ROLES, Jwt, KeyRole
 from shared.config import ConfigError
@@ -42,6 +41,8 @@ def issue(
         claims["iss"] = issuer
     if audience is not None:
         claims["aud"] = audience
+    import jwt
+
     return jwt.encode(claims, secret, algorithm="HS256")
 
 
@@ -79,6 +80,8 @@ class JwtVerifier:
         if "HS256" in settings.algorithms:
             self._keys["HS256"] = secret
         if settings.public_key_file is not None:
+            import jwt
+
             try:
                 pem = settings.public_key_file.read_bytes()
             except OSError as e:
@@ -97,6 +100,8 @@ class JwtVerifier:
 
     def verify(self, token: str) -> tuple[str, KeyRole]:
         """The token's subject and role; raises ``AuthenticationRequired`` naming what is wrong."""
+        import jwt
+
         try:
             algorithm = jwt.get_unverified_header(token).get("alg")
         except jwt.InvalidTokenError as e:

@@ -11,7 +11,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 M = TypeVar("M", bound=BaseModel)
@@ -76,6 +75,8 @@ def load_settings(
     where = str(path) if path else "(defaults)"
     data: Any = {}
     if path is not None:
+        import yaml  # only a configuration file needs the YAML parser (a daemon set up by its environment not)
+
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except OSError as e:

@@ -187,7 +187,12 @@ def raw_request(frame_id: int, kind: str, body_json: str) -> str:
 
 
 def reply(frame_id: int, body: BaseModel) -> str:
-    return f'{{"id":{frame_id},"kind":"reply","body":{body.model_dump_json()}}}'
+    return raw_reply(frame_id, body.model_dump_json())
+
+
+def raw_reply(frame_id: int, body_json: str) -> str:
+    """An answer whose body is already encoded (one the receiver sends often, encoded once)."""
+    return f'{{"id":{frame_id},"kind":"reply","body":{body_json}}}'
 
 
 def error(frame_id: int, status: int, envelope_json: str) -> str:

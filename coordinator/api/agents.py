@@ -29,11 +29,19 @@ from coordinator.store.base import RunnerChanges, RunnerRecord
 from shared import protocol
 from shared.errors import ApiError, InternalError, InvalidRequest, RunnerNotFound
 from shared.http import dumps, json_response, parse_body, validation_error
-from shared.models import TERMINAL_JOB_STATUSES, AgentEvent, EventAck, EventBatch, Heartbeat, HeartbeatAck
+from shared.models import (
+    TERMINAL_JOB_STATUSES,
+    AgentEvent,
+    EventAck,
+    EventBatch,
+    Heartbeat,
+    HeartbeatAck,
+    RunnerStatus,
+)
 
 log = structlog.get_logger(__name__)
 
-_STATE_TO_STATUS = {
+_STATE_TO_STATUS: dict[str, RunnerStatus] = {
     "running": "active",
     "stopped": "stopped",
     "starting": "starting",
@@ -45,8 +53,10 @@ _STATE_TO_STATUS = {
 # --- what both transports do ----------------------------------------------------------------------------
 
 
-async def record_heartbeat(app: web.Application, runner_id: str, beat: Heartbeat) -> HeartbeatAck:
-    status = _STATE_TO_STATUS[beat.state]
+async def record_heartbeat(app: web.Application, runner_id: str, beat: Heartbeat) -> RunnerStatus:
+    """Record one heartbeat; returns the runner's status now. A heartbeat that keeps the status costs no
+    database round trip and wakes the delivery worker only while something may be held for the runner."""
+    status: RunnerStatus = _STATE_TO_STATUS[beat.state]
     now = time.time()
     heartbeats = app[keys.HEARTBEATS]
     change = await heartbeats.record(runner_id, beat.load, status, beat.heartbeat_interval, beat.samples, now)
@@ -54,8 +64,10 @@ async def record_heartbeat(app: web.Application, runner_id: str, beat: Heartbeat
         raise RunnerNotFound(runner_id)
     if change.old_status != change.new_status:
         app[keys.HUB].publish(events.status_change(change))
-    app[keys.DISPATCHER].kick(runner_id)
-    return HeartbeatAck(runner_id=runner_id, status=status)
+        app[keys.DISPATCHER].kick(runner_id)
+    else:
+        app[keys.DISPATCHER].heard_from(runner_id)
+    return status
 
 
 async def apply_events(app: web.Application, runner_id: str, batch: list[AgentEvent]) -> EventAck:
@@ -105,7 +117,8 @@ async def announce(app: web.Application, runner: RunnerRecord, hello: protocol.H
 
 async def heartbeat(request: web.Request) -> web.Response:
     beat = await parse_body(request, Heartbeat)
-    return json_response(await record_heartbeat(request.app, request.match_info["runner_id"], beat))
+    runner_id = request.match_info["runner_id"]
+    return json_response(HeartbeatAck(runner_id=runner_id, status=await record_heartbeat(request.app, runner_id, beat)))
 
 
 async def ingest_events(request: web.Request) -> web.Response:
@@ -175,6 +188,7 @@ async def _greet(app: web.Application, runner: RunnerRecord, ws: web.WebSocketRe
 
 
 async def _serve(app: web.Application, runner_id: str, ws: web.WebSocketResponse, link: AgentLink) -> None:
+    acks: dict[str, str] = {}  # the heartbeat answer's JSON by status, encoded once per connection
     async for message in ws:
         if message.type is not WSMsgType.TEXT:
             if message.type is WSMsgType.ERROR:
@@ -192,7 +206,12 @@ async def _serve(app: web.Application, runner_id: str, ws: web.WebSocketResponse
             if isinstance(frame, protocol.EventsFrame):
                 answer: Any = await apply_events(app, runner_id, frame.body.events)
             elif isinstance(frame, protocol.HeartbeatFrame):
-                answer = await record_heartbeat(app, runner_id, frame.body)
+                status = await record_heartbeat(app, runner_id, frame.body)
+                ack = acks.get(status)
+                if ack is None:
+                    ack = acks[status] = HeartbeatAck(runner_id=runner_id, status=status).model_dump_json()
+                await ws.send_str(protocol.raw_reply(frame.id, ack))
+                continue
             else:  # a new announcement (its limits changed)
                 runner = await app[keys.STORE].get_runner(runner_id)
                 if runner is None:

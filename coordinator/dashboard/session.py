@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-import jwt
 from aiohttp import web
 
 from coordinator import keys, tokens
@@ -149,6 +148,8 @@ def _token_expiry(request: web.Request) -> float | None:
     value = value.strip()
     if request.headers.get("X-API-Key") or scheme.lower() != "bearer" or not tokens.looks_like_jwt(value):
         return None  # an API key authenticated (it takes precedence), or no token at all
+    import jwt
+
     try:
         claims = jwt.decode(value, options={"verify_signature": False})
     except jwt.InvalidTokenError:
