@@ -14,6 +14,7 @@ import pytest
 
 from coordinator.store.base import JobRecord, RunnerChanges, RunnerFilter, RunnerRecord, Store
 from shared.models import AgentEvent, CurrentLoad, JobEvent, JobSubmission, LogEvent, StepEvent
+from tests.helpers import wait_for
 from tests.store_support import StoreDatabase
 
 SECRET = "s3cr3t-value-never-stored-in-clear"
@@ -295,3 +296,46 @@ async def test_a_status_changing_heartbeat_is_written_at_once_and_seen_by_other_
     assert await first.flush_heartbeats() == 1
     seen = await second.get_runner(runner.id)
     assert seen is not None and seen.load.active_jobs == 3 and seen.last_heartbeat == later
+
+
+async def test_a_heartbeat_being_written_stays_visible_until_the_write_commits(
+    store_database: StoreDatabase,
+) -> None:
+    if store_database.engine == "sqlite":
+        pytest.skip("SQLite's store serves reads from the records it keeps in memory")
+    import asyncpg
+
+    store = await store_database.open()
+    runner = await _with_runner(store)
+    beat_at = time.time() + 5
+    await store.record_heartbeat(runner.id, CurrentLoad(active_jobs=4), "active", 10.0, beat_at)
+    # Another transaction holds the runner's row, so the flush waits in the middle of its write.
+    blocker = await asyncpg.connect(store_database.location)
+    try:
+        holding = blocker.transaction()
+        await holding.start()
+        await blocker.execute("SELECT 1 FROM runners WHERE id = $1 FOR UPDATE", runner.id)
+        flush = asyncio.create_task(store.flush_heartbeats())
+        await wait_for(lambda: _waiting_on_a_lock(store_database.location), what="the flush to wait for the row lock")
+        during = await store.get_runner(runner.id)
+        assert during is not None and during.last_heartbeat == beat_at and during.load.active_jobs == 4
+        await holding.rollback()
+        assert await flush == 1
+    finally:
+        await blocker.close()
+    after = await store.get_runner(runner.id)
+    assert after is not None and after.last_heartbeat == beat_at
+    assert await store_database.scalar("SELECT last_heartbeat FROM runners WHERE id = ?", runner.id) == beat_at
+
+
+async def _waiting_on_a_lock(url: str) -> bool:
+    import asyncpg
+
+    conn = await asyncpg.connect(url)
+    try:
+        waiting = await conn.fetchval(
+            "SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+        )
+        return bool(waiting)
+    finally:
+        await conn.close()

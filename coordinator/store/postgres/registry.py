@@ -19,7 +19,9 @@ asks the database (one indexed query), and only this process's unwritten heartbe
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from typing import Any
 
 from coordinator.sealing import Sealer
@@ -70,6 +72,8 @@ class PostgresStore:
         self._sealer = sealer
         """Encrypts the values of masked variables in stored specs (see ``coordinator.sealing``)."""
         self._pending: dict[str, PendingHeartbeat] = {}
+        self._writing: list[dict[str, PendingHeartbeat]] = []
+        """Held heartbeats taken by a write that has not committed yet: still laid over reads meanwhile."""
         """Heartbeats recorded but not yet written, the latest per runner (see :meth:`record_heartbeat`)."""
 
     @property
@@ -98,9 +102,28 @@ class PostgresStore:
             await conn.execute(f"INSERT INTO runners ({RUNNER_INSERT_COLUMNS}) VALUES ({marks})", *values)
 
     def _overlay(self, runner: RunnerRecord) -> RunnerRecord:
-        """A record read from the database, with this process's heartbeat not yet written."""
+        """A record read from the database, with this process's heartbeat not yet written (held, or in a
+        write that has not committed: a read must not see it vanish and come back)."""
         beat = self._pending.get(runner.id)
+        for writing in reversed(self._writing):
+            if beat is not None:
+                break
+            beat = writing.get(runner.id)
         return beat.applied(runner) if beat is not None else runner
+
+    @contextlib.contextmanager
+    def _taken(self) -> Iterator[dict[str, PendingHeartbeat]]:
+        """The held heartbeats, for one write; laid over reads until it commits, held again if it fails (newer
+        ones win)."""
+        taken, self._pending = self._pending, {}
+        self._writing.append(taken)
+        try:
+            yield taken
+        except BaseException:
+            self._pending = {**taken, **self._pending}
+            raise
+        finally:
+            self._writing = [writing for writing in self._writing if writing is not taken]
 
     async def get_runner(self, runner_id: str) -> RunnerRecord | None:
         async with self._db.connection() as conn:
@@ -198,18 +221,13 @@ class PostgresStore:
         """Write the heartbeats recorded since the last flush, in one statement; returns how many."""
         if not self._pending:
             return 0
-        pending, self._pending = self._pending, {}
-        try:
+        with self._taken() as pending:
             async with self._db.transaction() as conn:
                 await _write_beats(conn, pending)
-        except BaseException:
-            self._pending = {**pending, **self._pending}  # kept for the next flush; newer ones win
-            raise
         return len(pending)
 
     async def mark_stale(self, now: float, multiplier: float) -> list[StatusChange]:
-        pending, self._pending = self._pending, {}
-        try:
+        with self._taken() as pending:
             async with self._db.transaction() as conn:
                 await _write_beats(conn, pending)  # liveness judges by every heartbeat received, written or not
                 rows = await conn.fetch(
@@ -220,9 +238,6 @@ class PostgresStore:
                     float(now),
                     float(multiplier),
                 )
-        except BaseException:
-            self._pending = {**pending, **self._pending}  # kept for the next flush; newer ones win
-            raise
         return [StatusChange("runner", r["id"], r["id"], r["old_status"], "inactive", now) for r in rows]
 
     async def statistics(self, runner_id: str) -> Statistics:
