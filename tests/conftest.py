@@ -118,8 +118,29 @@ async def running_coordinator(config: CoordinatorConfig) -> AsyncIterator[Coordi
         await handle.stop()
 
 
+ONLY_ON = {"sqlite_only": "sqlite", "postgresql_only": "postgresql"}
+"""Markers for a test parametrised over both engines that means something on one of them alone."""
+ENGINE_PARAMETERS = ("database_engine", "store_database")
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "sqlite_only: reads the SQLite database directly; not run on PostgreSQL")
+    config.addinivalue_line(
+        "markers", "postgresql_only: about several coordinators sharing one database; not run on SQLite"
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Leave out, when collecting (not as a skip), the engine a test marked for the other one would run on."""
+    kept, left_out = [], []
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        engine = next((params[name] for name in ENGINE_PARAMETERS if name in params), None)
+        wanted = [ONLY_ON[m.name] for m in item.iter_markers() if m.name in ONLY_ON]
+        (left_out if engine is not None and wanted and engine not in wanted else kept).append(item)
+    if left_out:
+        config.hook.pytest_deselected(items=left_out)
+        items[:] = kept
 
 
 @pytest.fixture

@@ -278,11 +278,10 @@ async def test_concurrent_cancels_of_one_held_job_report_one_cancellation(store_
     assert len([r for r in results if r is not None]) == 1
 
 
+@pytest.mark.postgresql_only  # one SQLite file serves one coordinator, which keeps its records in memory
 async def test_a_status_changing_heartbeat_is_written_at_once_and_seen_by_other_stores(
     store_database: StoreDatabase,
 ) -> None:
-    if store_database.engine == "sqlite":
-        pytest.skip("one SQLite file serves one coordinator, which keeps its records in memory")
     first, second = await store_database.open(), await store_database.open()
     runner = await _with_runner(first)
     change = await first.record_heartbeat(runner.id, CurrentLoad(active_jobs=1), "error", 10.0, time.time())
@@ -298,11 +297,10 @@ async def test_a_status_changing_heartbeat_is_written_at_once_and_seen_by_other_
     assert seen is not None and seen.load.active_jobs == 3 and seen.last_heartbeat == later
 
 
+@pytest.mark.postgresql_only  # SQLite's store serves reads from the records it keeps in memory
 async def test_a_heartbeat_being_written_stays_visible_until_the_write_commits(
     store_database: StoreDatabase,
 ) -> None:
-    if store_database.engine == "sqlite":
-        pytest.skip("SQLite's store serves reads from the records it keeps in memory")
     import asyncpg
 
     store = await store_database.open()
