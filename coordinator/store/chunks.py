@@ -24,7 +24,7 @@ Table ``log_chunks`` (schema migration 7)::
     PRIMARY KEY (runner_id, first_seq)
     INDEX log_chunks_last ON (runner_id, last_seq)
     INDEX log_chunks_job  ON (job_id, first_seq)
-    INDEX log_chunks_age  ON (last_ts)               -- retention drops the oldest chunks first
+    INDEX log_chunks_age  ON (last_ts, bytes)        -- retention: the total, and the oldest chunks first
 
 Invariants: a runner's chunks cover disjoint sequence ranges (``first_seq <= last_seq < next first_seq``), so
 ordering chunks by ``first_seq`` orders their entries too; every entry of a chunk has the chunk's ``job_id``
