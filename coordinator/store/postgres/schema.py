@@ -204,7 +204,7 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX log_chunks_last ON log_chunks(runner_id, last_seq);
     CREATE INDEX log_chunks_job ON log_chunks(job_id, first_seq);
-    CREATE INDEX log_chunks_age ON log_chunks(last_ts);
+    CREATE INDEX log_chunks_age ON log_chunks(last_ts, bytes);
     INSERT INTO log_chunks (runner_id, first_seq, last_seq, job_id, step, first_ts, last_ts, min_level, max_level,
                             line_count, bytes, body)
     SELECT runner_id, seq, seq, job_id, step, ts, ts, level, level, 1, octet_length(body), body
