@@ -19,7 +19,7 @@ import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from aiohttp import web
@@ -175,7 +175,7 @@ class SqliteAuditStorage:
             rows = conn.execute(
                 f"SELECT * FROM audit WHERE {clause} ORDER BY id DESC LIMIT ? OFFSET ?", [*args, limit, offset]
             ).fetchall()
-            return [_entry(row) for row in rows], total
+            return [audit_entry(row) for row in rows], total
 
         return await self._db.read(op)
 
@@ -267,7 +267,8 @@ class AuditLog:
         return await self._storage.query(since, until, principal, limit, offset)
 
 
-def _entry(row: sqlite3.Row) -> AuditEntry:
+def audit_entry(row: Any) -> AuditEntry:
+    """An ``audit`` row (either engine's, read by column name) as the API shows it."""
     return AuditEntry(
         id=row["id"],
         timestamp=from_epoch(row["ts"]),

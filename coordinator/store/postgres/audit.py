@@ -12,11 +12,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from coordinator.audit import FIRST_USE, Record
+from coordinator.audit import FIRST_USE, Record, audit_entry
 from coordinator.store.postgres.database import PostgresDatabase
 from coordinator.store.postgres.sql import affected
 from shared.models import AuditEntry
-from shared.timeutil import from_epoch
 
 _COLUMNS = "ts, principal, role, client, action, method, path, runner_id, job_id, status, outcome, detail"
 _TYPES = ("double precision", "text", "text", "text", "text", "text", "text", "text", "text", "bigint", "text", "text")
@@ -64,22 +63,4 @@ class PostgresAuditStorage:
         async with self._db.connection() as conn:
             total = await conn.fetchval(f"SELECT COUNT(*) FROM audit {clause}", *args)
             rows = await conn.fetch(f"SELECT * FROM audit {clause} ORDER BY id DESC {page}", *args, limit, offset)
-        return [_entry(row) for row in rows], int(total)
-
-
-def _entry(row: Any) -> AuditEntry:
-    return AuditEntry(
-        id=row["id"],
-        timestamp=from_epoch(row["ts"]),
-        principal=row["principal"],
-        role=row["role"],
-        client=row["client"],
-        action=row["action"],
-        method=row["method"],
-        path=row["path"],
-        runner_id=row["runner_id"],
-        job_id=row["job_id"],
-        status=row["status"],
-        outcome=row["outcome"],
-        detail=row["detail"],
-    )
+        return [audit_entry(row) for row in rows], int(total)
