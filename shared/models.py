@@ -9,7 +9,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, ValidationInfo, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+)
 
 from shared.timeutil import isoformat
 
@@ -411,7 +420,8 @@ class LogEvent(Request):
     seq: int = Field(ge=1)
     at: Timestamp
     level: LogLevel
-    message: str
+    # Kept exactly as printed: indentation carries meaning in YAML output and tracebacks.
+    message: Annotated[str, StringConstraints(strip_whitespace=False)]
     job_id: str | None = None
     step: str | None = None
     stream: Literal["stdout", "stderr", "system"] = "system"

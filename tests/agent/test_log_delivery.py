@@ -319,6 +319,21 @@ async def test_hostile_output_is_stored_sanely(coordinator: CoordinatorHandle, s
     assert [(level, message) for _, stream, level, message in rows if stream == "stderr"] == [("warn", "oops")]
 
 
+async def test_leading_and_trailing_whitespace_is_kept_exactly(
+    coordinator: CoordinatorHandle, start_agent: StartAgent
+) -> None:
+    agent = await start_agent()
+    runner_id = agent.identity().runner_id
+    job_id = await submit(coordinator.api, runner_id, r"printf '   indented\n\tTabbed  \n  key: value \n'")
+    await coordinator.api.wait_job(runner_id, job_id, TERMINAL)
+    expected = ["   indented", "\tTabbed  ", "  key: value "]
+    rows = await stored(coordinator, job_id)
+    assert [message for _, stream, _, message in rows if stream == "stdout"] == expected
+    status, body = await coordinator.api.get(f"/runners/{runner_id}/logs?job_id={job_id}&limit=100")
+    assert status == 200, body
+    assert [e["message"] for e in body["logs"] if e["context"]["stream"] == "stdout"] == expected
+
+
 API_KEY = "k3y/with+special=chars"
 RUNNER_TOKEN = "runner-token-4242"
 
