@@ -169,3 +169,25 @@ async def test_sigkill_of_the_coordinator_holding_the_channel_loses_and_doubles_
     for job_id, lines in expected.items():
         assert await job_output(other.api, runner_id, job_id) == lines, job_id
     assert agent.alive()
+
+
+async def test_agents_on_different_coordinators_each_get_the_jobs_submitted_through_the_other(
+    fleet: StartCoordinator, agent_process: StartAgentProcess
+) -> None:
+    a, b = fleet("a"), fleet("b")
+    await _up(a, b)
+    on_a = await wait_process_runner(a.api, agent_process(a.url, state_name="agent-a"), timeout=30)
+    on_b = await wait_process_runner(b.api, agent_process(b.url, state_name="agent-b"), timeout=30)
+    crossed = {}
+    for through, runner_id in ((b, on_a), (a, on_b)):
+        status, body = await through.api.post(f"/runners/{runner_id}/jobs", _job("crossed", f"echo to-{runner_id}"))
+        assert status == 201, body
+        crossed[body["job_id"]] = (through, runner_id)
+    for job_id, (through, runner_id) in crossed.items():
+        job = await through.api.wait_job(runner_id, job_id, TERMINAL, timeout=30)
+        assert job["status"] == "completed", job
+        assert await job_output(through.api, runner_id, job_id) == [f"to-{runner_id}"]
+    # Each coordinator lists both runners, active: one registry.
+    for node in (a, b):
+        status, body = await node.api.get("/runners?status=active")
+        assert status == 200 and {r["id"] for r in body["runners"]} == {on_a, on_b}, body

@@ -36,8 +36,20 @@ def test_the_sections_are_there() -> None:
         "Log levels and JSON logs",
         "Reading the metrics",
         "Troubleshooting an unavailable runner",
+        "Moving from SQLite to PostgreSQL",
+        "Running several coordinators",
     ):
         assert wanted in headings, wanted
+
+
+def test_the_store_migration_it_shows_is_the_coordinators_own_command() -> None:
+    from coordinator.cli import main
+
+    text = DOC.read_text(encoding="utf-8")
+    assert "migrate-store --to postgresql://" in text
+    with pytest.raises(SystemExit) as usage:
+        main(["migrate-store", "--help"])
+    assert usage.value.code == 0
 
 
 @pytest.mark.parametrize("command", commands())
