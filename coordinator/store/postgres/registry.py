@@ -45,6 +45,14 @@ from shared.models import TERMINAL_JOB_STATUSES, AgentEvent, CurrentLoad, JobEve
 
 OPEN = "('queued', 'running')"
 FINISHED = "('completed', 'failed', 'timed_out', 'cancelled')"
+INSERT_JOB = """
+WITH inserted AS (
+    INSERT INTO jobs (id, runner_id, name, spec, status, created_at) VALUES ($1, $2, $3, $4, $5, $6)
+)
+SELECT (SELECT COUNT(*) FROM jobs WHERE runner_id = $2 AND status = 'queued') AS ahead,
+       ARRAY(SELECT COALESCE(started_at, created_at) FROM jobs WHERE runner_id = $2 AND status = 'running') AS running
+"""
+"""Store a job and read what is ahead of it on its runner (the queued jobs, the running ones' starts)."""
 
 
 async def _write_beats(conn: Connection, beats: dict[str, PendingHeartbeat]) -> None:
@@ -261,25 +269,15 @@ class PostgresStore:
     # --- jobs ----------------------------------------------------------------------------------------------
 
     async def insert_job(self, job: JobRecord) -> QueueState:
-        async with self._db.transaction() as conn:
-            # What is ahead of the new job, read in the same transaction (for its start-time estimate).
-            ahead = await conn.fetchval(
-                "SELECT COUNT(*) FROM jobs WHERE runner_id = $1 AND status = 'queued'", job.runner_id
+        # One statement, one round trip: what is ahead of the new job (for its start-time estimate) is read in
+        # the snapshot the insert runs in, which does not yet see the new row.
+        async with self._db.connection() as conn:
+            spec = stored_spec(job.spec, self._sealer)
+            row = await conn.fetchrow(
+                INSERT_JOB, job.id, job.runner_id, job.spec.name, spec, job.status, float(job.created_at)
             )
-            running = await conn.fetch(
-                "SELECT COALESCE(started_at, created_at) AS at FROM jobs WHERE runner_id = $1 AND status = 'running'",
-                job.runner_id,
-            )
-            await conn.execute(
-                "INSERT INTO jobs (id, runner_id, name, spec, status, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
-                job.id,
-                job.runner_id,
-                job.spec.name,
-                stored_spec(job.spec, self._sealer),
-                job.status,
-                float(job.created_at),
-            )
-        return QueueState(int(ahead), [float(r["at"]) for r in running])
+        assert row is not None  # the SELECT has no FROM: one row
+        return QueueState(int(row["ahead"]), [float(at) for at in row["running"]])
 
     async def get_job(self, job_id: str) -> JobRecord | None:
         async with self._db.transaction() as conn:
