@@ -9,6 +9,7 @@ import asyncpg
 import pytest
 from structlog.testing import capture_logs
 
+from coordinator.migrate_store import RUN_TIME_TABLES
 from coordinator.store.postgres.database import PostgresDatabase
 from coordinator.store.postgres.schema import MIGRATIONS
 from coordinator.store.schema import MIGRATIONS as SQLITE_MIGRATIONS
@@ -68,8 +69,7 @@ async def test_every_sqlite_table_has_a_postgresql_table_of_the_same_name(postgr
     finally:
         await sqlite.close()
     assert "log_chunks" in sqlite_tables
-    assert sqlite_tables == await _tables(postgres_url) - {"fleet_settings", "rate_limit_counters",
-                                                          "coordinator_channels", "schema_version"}  # fmt: skip
+    assert sqlite_tables == await _tables(postgres_url) - set(RUN_TIME_TABLES)
     assert {"fleet_settings", "rate_limit_counters", "coordinator_channels", "schema_version"} <= await _tables(
         postgres_url
     )
