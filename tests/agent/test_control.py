@@ -136,7 +136,9 @@ async def test_restart_shows_restarting_until_running_jobs_finish_then_active_ag
     assert (await api.job(runner_id, during))["status"] == "queued"
 
     await api.wait_runner_status(runner_id, "active", timeout=5)
-    assert (await api.job(runner_id, running))["status"] == "completed", "a graceful restart ended the job"
+    # The job's end travels with the agent's events, its status with heartbeats: either may arrive first.
+    finished = await api.wait_job(runner_id, running, TERMINAL, timeout=5)
+    assert finished["status"] == "completed", "a graceful restart ended the job"
     assert (await api.wait_job(runner_id, during, TERMINAL))["status"] == "completed"
 
 

@@ -197,12 +197,16 @@ async def test_spooled_entries_survive_a_sigkill_of_the_agent(
 
 
 async def test_a_sigkill_mid_output_keeps_a_gapless_prefix(
-    coordinator: CoordinatorHandle, agent_process: StartAgentProcess
+    coordinator: CoordinatorHandle, agent_process: StartAgentProcess, tmp_path: Path
 ) -> None:
     port = free_port()
     first = agent_process(coordinator.url, state_name="midway", port=port)
     runner_id = await only_runner(coordinator.api)
-    job_id = await submit(coordinator.api, runner_id, PACED_20K)
+    # The step stops half-way until a file that never appears: it is still running when the agent is killed,
+    # however fast the host prints and however slowly it stores.
+    never = tmp_path / "never"
+    run = f'seq 1 5000; while [ ! -e "{never}" ]; do sleep 0.02; done; seq 5001 20000'
+    job_id = await submit(coordinator.api, runner_id, run)
     await wait_for(lambda: _at_least(coordinator, job_id, 3000), 20, what="the first lines to be stored")
     first.kill()
     at_kill = await stored_count(coordinator, job_id)
