@@ -331,3 +331,11 @@ class Database:
 
         await self._submit(_close, None)  # after every operation queued before it
         self._executor.shutdown(wait=True)
+
+
+def has_tags(column: str, wanted: Sequence[str]) -> tuple[str, list[Any]]:
+    """The condition that the JSON array in ``column`` holds every one of ``wanted`` (distinct values), with its
+    parameters (SQLite's ``json_each``)."""
+    marks = ", ".join("?" for _ in wanted)
+    condition = f"(SELECT COUNT(DISTINCT value) FROM json_each({column}) WHERE value IN ({marks})) = ?"
+    return condition, [*wanted, len(wanted)]

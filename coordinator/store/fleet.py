@@ -12,7 +12,6 @@ The queries behind ``GET /api/jobs`` read both tables: every ``jobs`` row (route
 from __future__ import annotations
 
 import sqlite3
-from typing import Any
 
 from coordinator.sealing import Sealer
 from coordinator.store.base import JobRecord, QueueState, StatusChange
@@ -26,9 +25,9 @@ from coordinator.store.fleet_records import (
     stored_tags,
     tag_set,
 )
-from coordinator.store.rows import stored_spec
+from coordinator.store.rows import stored_spec, where_clause
 from shared.models import JobSubmission
-from shared.sqlite import Database
+from shared.sqlite import Database, has_tags
 
 __all__ = ["MIGRATION", "FleetJob", "FleetStore", "JobQuery", "JobRow", "tag_set"]
 
@@ -192,20 +191,7 @@ class FleetStore:
         return await self.db.run(op)
 
     async def list(self, query: JobQuery, limit: int, offset: int) -> tuple[list[JobRow], int]:
-        where: list[str] = []
-        params: list[Any] = []
-        if query.status:
-            where.append("status = ?")
-            params.append(query.status)
-        if query.runner_id:
-            where.append("runner_id = ?")
-            params.append(query.runner_id)
-        wanted = sorted(set(query.tags))
-        if wanted:
-            marks = ", ".join("?" for _ in wanted)
-            where.append(f"(SELECT COUNT(DISTINCT value) FROM json_each(tags) WHERE value IN ({marks})) = ?")
-            params.extend([*wanted, len(wanted)])
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        clause, params = where_clause({"status": query.status, "runner_id": query.runner_id}, query.tags, has_tags)
 
         def op(conn: sqlite3.Connection) -> tuple[list[JobRow], int]:
             total = conn.execute(f"SELECT COUNT(*) FROM ({ALL_JOBS} {clause})", params).fetchone()[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from coordinator.sealing import Sealer
@@ -14,6 +15,23 @@ class Row(Protocol):
     """A result row by column name (``sqlite3.Row``, ``asyncpg.Record``)."""
 
     def __getitem__(self, key: str, /) -> Any: ...
+
+
+HasTags = Callable[[str, Sequence[str]], tuple[str, list[Any]]]
+"""An engine's condition that a JSON-array text column holds every one of the tags (``?`` placeholders)."""
+
+
+def where_clause(equal: Mapping[str, Any], tags: Sequence[str], has_tags: HasTags) -> tuple[str, list[Any]]:
+    """``WHERE ...`` (or ``""``) with ``?`` placeholders for list filters: each column of ``equal`` whose value is
+    set must equal it, and the ``tags`` column must hold every one of ``tags``."""
+    conditions = [f"{column} = ?" for column, value in equal.items() if value]
+    params: list[Any] = [value for value in equal.values() if value]
+    wanted = sorted(set(tags))
+    if wanted:
+        condition, values = has_tags("tags", wanted)
+        conditions.append(condition)
+        params.extend(values)
+    return (f"WHERE {' AND '.join(conditions)}" if conditions else ""), params
 
 
 RUNNER_INSERT_COLUMNS = (

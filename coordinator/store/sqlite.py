@@ -23,12 +23,12 @@ from coordinator.store.base import (
     StatusChange,
     StepRecord,
 )
-from coordinator.store.rows import RUNNER_INSERT_COLUMNS, runner_values, stored_spec
+from coordinator.store.rows import RUNNER_INSERT_COLUMNS, runner_values, stored_spec, where_clause
 from coordinator.store.rows import job_of as _job
 from coordinator.store.rows import runner_of as _runner
 from coordinator.store.schema import MIGRATIONS
 from shared.models import AgentEvent, CurrentLoad, JobSubmission
-from shared.sqlite import Database
+from shared.sqlite import Database, has_tags
 
 RUNNER_CACHE_TTL = 60.0
 """How long a cached runner record, filter membership or statistics may be served. Every write this process
@@ -217,19 +217,7 @@ class SqliteStore:
         cached = self._members.get(key)
         if cached is not None and cached[0] > time.monotonic():
             return cached[1]
-        where: list[str] = []
-        params: list[Any] = []
-        if filters.status:
-            where.append("status = ?")
-            params.append(filters.status)
-        if filters.type:
-            where.append("type = ?")
-            params.append(filters.type)
-        if wanted:
-            marks = ", ".join("?" for _ in wanted)
-            where.append(f"(SELECT COUNT(DISTINCT value) FROM json_each(runners.tags) WHERE value IN ({marks})) = ?")
-            params.extend([*wanted, len(wanted)])
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        clause, params = where_clause({"status": filters.status, "type": filters.type}, wanted, has_tags)
         generation = self._membership
 
         def op(conn: sqlite3.Connection) -> list[str]:

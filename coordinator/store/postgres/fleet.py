@@ -13,8 +13,6 @@ itself rather than by a read before it:
 
 from __future__ import annotations
 
-from typing import Any
-
 from coordinator.sealing import Sealer
 from coordinator.store.base import JobRecord, QueueState, StatusChange
 from coordinator.store.fleet_records import (
@@ -28,8 +26,8 @@ from coordinator.store.fleet_records import (
     stored_tags,
 )
 from coordinator.store.postgres.database import PostgresDatabase
-from coordinator.store.postgres.sql import affected
-from coordinator.store.rows import stored_spec
+from coordinator.store.postgres.sql import affected, has_tags, numbered
+from coordinator.store.rows import stored_spec, where_clause
 
 _HELD = "runner_id IS NULL AND status = 'queued'"
 _RELEASE = """
@@ -151,20 +149,8 @@ class PostgresFleetStore:
         return StatusChange("job", job_id, "", "queued", "cancelled", now) if affected(done) else None
 
     async def list(self, query: JobQuery, limit: int, offset: int) -> tuple[list[JobRow], int]:
-        where: list[str] = []
-        params: list[Any] = []
-        if query.status:
-            params.append(query.status)
-            where.append(f"status = ${len(params)}")
-        if query.runner_id:
-            params.append(query.runner_id)
-            where.append(f"runner_id = ${len(params)}")
-        wanted = sorted(set(query.tags))
-        if wanted:
-            # ``tags`` is a JSON array: it contains the wanted array when it holds every wanted tag.
-            params.append(stored_tags(wanted))
-            where.append(f"tags::jsonb @> ${len(params)}::jsonb")
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        portable, params = where_clause({"status": query.status, "runner_id": query.runner_id}, query.tags, has_tags)
+        clause = numbered(portable)
         page = f"LIMIT ${len(params) + 1} OFFSET ${len(params) + 2}"
         async with self.db.connection() as conn:
             total = await conn.fetchval(f"SELECT COUNT(*) FROM ({ALL_JOBS} {clause}) AS matching", *params)

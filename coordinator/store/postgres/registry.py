@@ -20,7 +20,6 @@ asks the database (one indexed query), and only this process's unwritten heartbe
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -40,7 +39,15 @@ from coordinator.store.base import (
 from coordinator.store.logs import log_entries
 from coordinator.store.postgres.database import Connection, PostgresDatabase
 from coordinator.store.postgres.logs import append_log_lines
-from coordinator.store.rows import RUNNER_INSERT_COLUMNS, job_of, runner_of, runner_values, stored_spec
+from coordinator.store.postgres.sql import has_tags, numbered
+from coordinator.store.rows import (
+    RUNNER_INSERT_COLUMNS,
+    job_of,
+    runner_of,
+    runner_values,
+    stored_spec,
+    where_clause,
+)
 from shared.models import TERMINAL_JOB_STATUSES, AgentEvent, CurrentLoad, JobEvent, LogEvent, StepEvent
 
 OPEN = "('queued', 'running')"
@@ -147,19 +154,8 @@ class PostgresStore:
         self, filters: RunnerFilter, limit: int | None, offset: int
     ) -> tuple[list[RunnerRecord], int]:
         """A page in registration order and the count of all matches, read in one transaction."""
-        where: list[str] = []
-        params: list[Any] = []
-        if filters.status:
-            params.append(filters.status)
-            where.append(f"status = ${len(params)}")
-        if filters.type:
-            params.append(filters.type)
-            where.append(f"type = ${len(params)}")
-        wanted = sorted(set(filters.tags))
-        if wanted:
-            params.append(json.dumps(wanted))
-            where.append(f"tags::jsonb @> ${len(params)}::jsonb")  # every wanted tag
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        portable, params = where_clause({"status": filters.status, "type": filters.type}, filters.tags, has_tags)
+        clause = numbered(portable)
         page = len(params) + 1
         async with self._db.transaction() as conn:
             total = await conn.fetchval(f"SELECT COUNT(*) FROM runners {clause}", *params)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import itertools
+import json
 import re
+from collections.abc import Sequence
+from typing import Any
 
 _MARK = re.compile(r"\?")
 
@@ -19,3 +22,8 @@ def numbered(sql: str, after: int = 0) -> str:
     inside a literal."""
     count = itertools.count(after + 1)
     return _MARK.sub(lambda _: f"${next(count)}", sql)
+
+
+def has_tags(column: str, wanted: Sequence[str]) -> tuple[str, list[Any]]:
+    """PostgreSQL: the JSON array in ``column`` contains the array of ``wanted``."""
+    return f"{column}::jsonb @> ?::jsonb", [json.dumps(list(wanted))]
