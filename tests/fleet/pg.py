@@ -8,8 +8,6 @@ from collections.abc import AsyncIterator
 
 from coordinator.store.postgres.database import PostgresDatabase
 
-Pool = PostgresDatabase
-
 
 async def create_fleet_tables(url: str) -> None:
     """Migrate ``url`` as a coordinator starting on it would."""

@@ -12,14 +12,15 @@ import asyncpg
 import pytest
 
 from coordinator.bus import BusHandlers, PostgresBus
+from coordinator.store.postgres.database import PostgresDatabase
 from shared.errors import InvalidRequest, RunnerUnavailable
 from shared.models import AgentEvent, JobEvent, LogEvent, StepEvent
-from tests.fleet.pg import Pool, fleet_database
+from tests.fleet.pg import fleet_database
 from tests.helpers import wait_for
 
 
 @contextlib.asynccontextmanager
-async def opened(pool: Pool, **kw: Any) -> AsyncIterator[PostgresBus]:
+async def opened(pool: PostgresDatabase, **kw: Any) -> AsyncIterator[PostgresBus]:
     bus = PostgresBus(pool, **kw)
     await bus.open()
     try:
@@ -29,7 +30,7 @@ async def opened(pool: Pool, **kw: Any) -> AsyncIterator[PostgresBus]:
 
 
 @pytest.fixture
-async def pool(postgres_url: str) -> AsyncIterator[Pool]:
+async def pool(postgres_url: str) -> AsyncIterator[PostgresDatabase]:
     async with fleet_database(postgres_url) as pool:
         yield pool
 
@@ -48,7 +49,9 @@ async def _held(bus: PostgresBus, runner_id: str) -> bool:
     return await bus.holder(runner_id) is not None
 
 
-async def test_a_call_goes_to_the_coordinator_holding_the_channel_and_its_answer_comes_back(pool: Pool) -> None:
+async def test_a_call_goes_to_the_coordinator_holding_the_channel_and_its_answer_comes_back(
+    pool: PostgresDatabase,
+) -> None:
     async with opened(pool) as a, opened(pool) as b:
         b.handlers = BusHandlers(call=_echo)
         b.channel_opened("runner_1")
@@ -64,7 +67,7 @@ async def test_a_call_goes_to_the_coordinator_holding_the_channel_and_its_answer
         assert [answer["body"]["n"] for answer in answers] == list(range(50))
 
 
-async def test_payloads_over_the_notify_limit_go_through_a_table_row(pool: Pool) -> None:
+async def test_payloads_over_the_notify_limit_go_through_a_table_row(pool: PostgresDatabase) -> None:
     big = {"lines": ["x" * 1000 + str(i) for i in range(100)]}  # ~100 kB, far over 8000 bytes
     async with opened(pool) as a, opened(pool) as b:
         b.handlers = BusHandlers(call=_echo)
@@ -76,7 +79,7 @@ async def test_payloads_over_the_notify_limit_go_through_a_table_row(pool: Pool)
             assert await conn.fetchval("SELECT count(*) FROM fleet_messages") == 0
 
 
-async def test_no_holder_or_a_gone_one_is_runner_unavailable_at_once(pool: Pool, postgres_url: str) -> None:
+async def test_no_holder_or_a_gone_one_is_runner_unavailable_at_once(pool: PostgresDatabase, postgres_url: str) -> None:
     async with opened(pool) as a:
         started = time.monotonic()
         with pytest.raises(RunnerUnavailable):
@@ -100,7 +103,7 @@ async def test_no_holder_or_a_gone_one_is_runner_unavailable_at_once(pool: Pool,
         assert time.monotonic() - started < 5.0  # never the 10 s the calls would have waited
 
 
-async def test_a_holder_that_does_not_answer_is_runner_unavailable_within_the_bound(pool: Pool) -> None:
+async def test_a_holder_that_does_not_answer_is_runner_unavailable_within_the_bound(pool: PostgresDatabase) -> None:
     async def silent(runner_id: str, kind: str, body: Any, timeout: float) -> Any:
         await asyncio.Event().wait()
 
@@ -115,7 +118,7 @@ async def test_a_holder_that_does_not_answer_is_runner_unavailable_within_the_bo
         assert "did not answer" in unavailable.value.message
 
 
-async def test_a_closed_channel_forgets_its_holder_and_a_newer_one_elsewhere_wins(pool: Pool) -> None:
+async def test_a_closed_channel_forgets_its_holder_and_a_newer_one_elsewhere_wins(pool: PostgresDatabase) -> None:
     async with opened(pool) as a, opened(pool) as b:
         b.channel_opened("runner_1")
         await wait_for(lambda: _held(a, "runner_1"), 5, what="the channel's record")
@@ -131,7 +134,7 @@ async def test_a_closed_channel_forgets_its_holder_and_a_newer_one_elsewhere_win
         assert await conn.fetchval("SELECT count(*) FROM coordinator_channels") == 0
 
 
-async def test_wake_ups_reach_the_holders_dispatcher(pool: Pool) -> None:
+async def test_wake_ups_reach_the_holders_dispatcher(pool: PostgresDatabase) -> None:
     woken: list[str] = []
     async with opened(pool) as a, opened(pool) as b:
         b.handlers = BusHandlers(wake=woken.append)
@@ -142,7 +145,7 @@ async def test_wake_ups_reach_the_holders_dispatcher(pool: Pool) -> None:
         await wait_for(lambda: _true(woken == ["runner_1"]), 5, what="b's dispatcher to be woken")
 
 
-async def test_events_and_logs_reach_every_other_coordinator_in_order(pool: Pool) -> None:
+async def test_events_and_logs_reach_every_other_coordinator_in_order(pool: PostgresDatabase) -> None:
     seen: dict[str, list[Any]] = {"a": [], "b": [], "c": []}
 
     def handlers(name: str) -> BusHandlers:
@@ -176,7 +179,9 @@ async def _not(probe: Any) -> bool:
     return not await probe
 
 
-async def test_a_call_waiting_when_its_coordinator_shuts_down_ends_as_runner_unavailable(pool: Pool) -> None:
+async def test_a_call_waiting_when_its_coordinator_shuts_down_ends_as_runner_unavailable(
+    pool: PostgresDatabase,
+) -> None:
     arrived = asyncio.Event()
 
     async def silent(runner_id: str, kind: str, body: Any, timeout: float) -> Any:

@@ -144,11 +144,6 @@ class Engine:
         assert self.sqlite is not None
         return logs.LogStore(self.sqlite)
 
-    def log_filter(self, **where: Any) -> Any:
-        """A filter the engine's log store takes (the chunk store's ``LogFilter``, which the SQLite log module
-        shares once it keeps chunks too)."""
-        return chunks.LogFilter(**where) if self.postgres is not None else logs.LogFilter(**where)
-
     async def append_logs(self, runner_id: str, batch: list[LogEvent]) -> None:
         """Store log events as the engine's event application does, in one transaction."""
         if self.postgres is not None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
-from coordinator.store.chunks import CHUNK_MAX_LINES
+from coordinator.store.chunks import CHUNK_MAX_LINES, LogFilter
 from coordinator.store.postgres import logs as pg_logs
 from coordinator.store.postgres.database import PostgresDatabase
 from coordinator.store.postgres.schema import MIGRATIONS as PG_MIGRATIONS
@@ -87,7 +87,7 @@ async def test_pages_from_either_end_and_resume_match_the_plain_list(engine: Eng
     criteria = {k: v for k, v in where.items() if k != "level"}
     if "level" in where:
         criteria["min_level"] = levels[str(where["level"])]
-    wanted = engine.log_filter(**criteria)
+    wanted = LogFilter(**criteria)
 
     oldest = await store.page(runner_id, wanted, 50, oldest_first=True)
     assert [e.seq for e in oldest.entries] == expected[:50]
@@ -114,11 +114,11 @@ async def test_last_seq_runners_apart_and_a_deleted_runners_logs_go(engine: Engi
     await engine.append_logs(first, [event(s) for s in range(1, 11)])
     await engine.append_logs(second, [event(s) for s in range(1, 4)])
     assert (await store.last_seq(first), await store.last_seq(second)) == (10, 3)
-    page = await store.page(second, engine.log_filter(), 100, oldest_first=True)
+    page = await store.page(second, LogFilter(), 100, oldest_first=True)
     assert [e.seq for e in page.entries] == [1, 2, 3]
     await engine.execute("DELETE FROM runners WHERE id = ?", first)
     assert await store.last_seq(first) == 0
-    assert (await store.page(first, engine.log_filter(), 100, oldest_first=True)).total_count == 0
+    assert (await store.page(first, LogFilter(), 100, oldest_first=True)).total_count == 0
 
 
 # --- PostgreSQL's chunks ---------------------------------------------------------------------------------------
@@ -167,7 +167,7 @@ async def test_retention_drops_whole_chunks_oldest_first(postgres: Engine) -> No
     newest = int(await postgres.value("SELECT MAX(last_seq) FROM log_chunks WHERE job_id = 'job_a'"))
     assert newest == max(reference(job_id="job_a"))  # the newest entries stay
     oldest_kept = int(await postgres.value("SELECT MIN(first_seq) FROM log_chunks WHERE job_id = 'job_a'"))
-    page = await store.page(runner_id, pg_logs.LogFilter(job_id="job_a"), 10, oldest_first=True)
+    page = await store.page(runner_id, LogFilter(job_id="job_a"), 10, oldest_first=True)
     assert page.entries[0].seq == oldest_kept  # no hole: the page begins at the oldest entry kept
     # The total: again oldest first, over every job.
     total = int(await postgres.value("SELECT SUM(bytes) FROM log_chunks"))
@@ -195,7 +195,7 @@ async def test_the_migration_turns_each_stored_line_into_a_chunk(postgres_url: s
     await after.open()
     try:
         store = pg_logs.PostgresLogStore(after)
-        page = await store.page(runner_id, pg_logs.LogFilter(), 10, oldest_first=True)
+        page = await store.page(runner_id, LogFilter(), 10, oldest_first=True)
         assert [(e.seq, e.ts, e.message) for e in page.entries] == [
             (s, T0 + s + 0.25, f'line {s} ✓ "quoted"') for s in (1, 2, 3)
         ]
@@ -206,6 +206,6 @@ async def test_the_migration_turns_each_stored_line_into_a_chunk(postgres_url: s
             await pg_logs.append_log_lines(
                 conn, runner_id, [pg_logs.LogEntry(4, T0 + 4, 20, "next", "job_a", "build", "stdout", 1)]
             )
-        assert [e.seq for e in (await store.page(runner_id, pg_logs.LogFilter(), 10, True)).entries] == [1, 2, 3, 4]
+        assert [e.seq for e in (await store.page(runner_id, LogFilter(), 10, True)).entries] == [1, 2, 3, 4]
     finally:
         await after.close()
