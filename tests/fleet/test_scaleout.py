@@ -17,8 +17,9 @@ import aiohttp
 from coordinator import keys, scaleout
 from coordinator.auth import Credentials
 from coordinator.leadership import AdvisoryLockLeadership
+from coordinator.store.postgres.database import PostgresDatabase
 from tests.conftest import API_KEY, CoordinatorHandle, coordinator_config, running_coordinator
-from tests.fleet.pg import Pool, fleet_database
+from tests.fleet.pg import fleet_database
 from tests.helpers import Api, registration, wait_for
 
 
@@ -53,7 +54,7 @@ async def two_coordinators(
 
 
 @contextlib.asynccontextmanager
-async def _on_the_fleet(handle: CoordinatorHandle, pool: Pool) -> AsyncIterator[Member]:
+async def _on_the_fleet(handle: CoordinatorHandle, pool: PostgresDatabase) -> AsyncIterator[Member]:
     assert handle.app is not None
     services = scaleout.fleet_services(handle.app, pool)
     services.connect(handle.app)
